@@ -1,0 +1,51 @@
+// All pipeline stages of a model run one after another in one process: the
+// reference behaviour of a pipeline without the communication. Each stage holds
+// its own copy of its parameters and buffers (as it would on its own rank);
+// activations cross stages detached, and their gradients flow back by hand,
+// exactly as between ranks. Used to prove that a split trains like the whole
+// model, and by the benchmarks.
+#pragma once
+#include "trine/frontend/stage_split.h"
+#include "trine/frontend/trace.h"
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace trine {
+
+class SequentialStagedModel {
+ public:
+  SequentialStagedModel(const TracedModel& model, ProxyGraph proxy, const std::vector<int>& stage_of_layer);
+
+  // Forward and backward of one microbatch through every stage; adds into the
+  // stages' parameter gradients and returns the loss (detached). The batch
+  // must have the traced shapes.
+  torch::Tensor forward_backward(const SampleBatch& batch, const RngPolicy& rng = {});
+
+  // Gradients of a parameter held by several stages are summed, and every copy
+  // gets the sum: call after backward and before the optimizer step, so the
+  // copies stay identical.
+  void reduce_shared_gradients();
+  void zero_grad();
+
+  int num_stages() const { return static_cast<int>(stages_.size()); }
+  const std::vector<StageProgram>& stages() const { return stages_; }
+  const ProxyGraph& proxy() const { return proxy_; }
+
+  // Every stage's own parameter tensors (trainable ones), e.g. for an optimizer.
+  std::vector<torch::Tensor> parameters() const;
+  // The copy of a named parameter (or alias) on `stage` (-1: the first holder).
+  torch::Tensor parameter(const std::string& name, int stage = -1) const;
+  // Its gradient on the first holder (after reduce_shared_gradients, all agree).
+  torch::Tensor gradient(const std::string& name) const { return parameter(name).grad(); }
+
+ private:
+  int param_id(const std::string& name) const;
+
+  ProxyGraph proxy_;
+  std::vector<StageProgram> stages_;
+  std::vector<std::unordered_map<int, torch::Tensor>> held_;  // stage -> parameter id -> copy
+};
+
+}  // namespace trine

@@ -1,0 +1,190 @@
+#include "trine/frontend/graph_runner.h"
+
+#include <ATen/core/ivalue.h>
+#include <ATen/Context.h>
+
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+namespace trine {
+
+namespace jit = torch::jit;
+
+enum class StepKind { Op, ListConstruct, ListUnpack, TupleConstruct, TupleUnpack };
+
+struct GraphRunner::Step {
+  StepKind kind = StepKind::Op;
+  mutable jit::Operation op{nullptr};  // operator() is non-const in LibTorch
+  std::vector<int> in, out, free_after;
+  c10::TypePtr list_elem;        // ListConstruct
+  bool random = false;
+  int64_t rng_id = 0;
+  c10::Device device = c10::kCPU;  // whose generator a random op draws from
+  std::string what;              // for error messages
+};
+
+namespace {
+
+uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+c10::Device random_op_device(const jit::Node* node) {
+  for (const jit::Value* v : node->outputs())
+    if (auto t = v->type()->cast<c10::TensorType>())
+      if (t->device()) return *t->device();
+  for (const jit::Value* v : node->inputs())
+    if (auto t = v->type()->cast<c10::TensorType>())
+      if (t->device()) return *t->device();
+  return c10::kCPU;
+}
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+}  // namespace
+
+GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t> op_ids)
+    : graph_(std::move(graph)) {
+  std::unordered_map<const jit::Value*, int> slot;
+  auto new_slot = [&](const jit::Value* v) {
+    slot[v] = static_cast<int>(num_slots_++);
+    return slot[v];
+  };
+  for (const jit::Value* v : graph_->inputs()) {
+    input_slots_.push_back(new_slot(v));
+    input_names_.push_back(v->debugName());
+    auto tt = v->type()->cast<c10::TensorType>();
+    input_shapes_.push_back(tt ? tt->sizes().concrete_sizes() : std::nullopt);
+  }
+  auto steps = std::make_shared<std::vector<Step>>();
+  std::vector<std::pair<int, c10::IValue>> consts;
+  int64_t position = 0;
+  for (jit::Node* node : graph_->nodes()) {
+    const int64_t id = op_ids.empty() ? position : op_ids.at(position);
+    ++position;
+    if (node->kind() == jit::prim::Constant) {
+      auto value = jit::toIValue(node->output());
+      TORCH_INTERNAL_ASSERT(value, "constant without a value");
+      consts.emplace_back(new_slot(node->output()), *value);
+      continue;
+    }
+    Step step;
+    step.what = node->kind().toQualString();
+    for (const jit::Value* v : node->inputs()) {
+      auto it = slot.find(v);
+      TORCH_INTERNAL_ASSERT(it != slot.end(), "value %", v->debugName(), " used before it is defined");
+      step.in.push_back(it->second);
+    }
+    for (const jit::Value* v : node->outputs()) step.out.push_back(new_slot(v));
+    switch (node->kind()) {
+      case jit::prim::ListConstruct:
+        step.kind = StepKind::ListConstruct;
+        step.list_elem = node->output()->type()->expectRef<c10::ListType>().getElementType();
+        break;
+      case jit::prim::ListUnpack: step.kind = StepKind::ListUnpack; break;
+      case jit::prim::TupleConstruct: step.kind = StepKind::TupleConstruct; break;
+      case jit::prim::TupleUnpack: step.kind = StepKind::TupleUnpack; break;
+      default:
+        TORCH_CHECK(node->maybeOperator() != nullptr, "trine cannot run graph node ", step.what,
+                    ": no LibTorch operator matches its schema");
+        step.op = node->getOperation();
+        step.random = node->isNondeterministic();
+        step.rng_id = id;
+        if (step.random) step.device = random_op_device(node);
+    }
+    steps->push_back(std::move(step));
+  }
+  for (const jit::Value* v : graph_->outputs()) output_slots_.push_back(slot.at(v));
+
+  // Free every computed value after its last use (outputs are never freed), so a
+  // run holds no more than eager execution would.
+  std::vector<int> last_use(num_slots_, -1);
+  for (size_t i = 0; i < steps->size(); ++i)
+    for (int s : (*steps)[i].in) last_use[s] = static_cast<int>(i);
+  std::vector<bool> keep(num_slots_, false);
+  for (int s : output_slots_) keep[s] = true;
+  for (auto& c : consts) keep[c.first] = true;
+  for (size_t s = 0; s < num_slots_; ++s)
+    if (!keep[s] && last_use[s] >= 0) (*steps)[last_use[s]].free_after.push_back(static_cast<int>(s));
+  constants_.assign(num_slots_, c10::IValue());
+  for (auto& c : consts) constants_[c.first] = std::move(c.second);
+  steps_ = std::move(steps);
+}
+
+std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const RngPolicy& rng) const {
+  TORCH_CHECK(graph_, "GraphRunner: no graph");
+  TORCH_CHECK(inputs.size() == input_slots_.size(), "graph expects ", input_slots_.size(),
+              " inputs, got ", inputs.size());
+  std::vector<c10::IValue> slots = constants_;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (const auto& want = input_shapes_[i]) {
+      TORCH_CHECK(inputs[i].isTensor(), "input '", input_names_[i], "' must be a tensor");
+      const auto got = inputs[i].toTensor().sizes();
+      TORCH_CHECK(got.vec() == *want, "input '", input_names_[i], "' has shape ", shape_str(got),
+                  " but the model was traced with ", shape_str(*want),
+                  ": shapes are fixed when tracing, so trace again with a sample of the new shape");
+    }
+    slots[input_slots_[i]] = std::move(inputs[i]);
+  }
+  jit::Stack stack;
+  for (const Step& step : *steps_) {
+    stack.clear();
+    for (int s : step.in) stack.push_back(slots[s]);
+    switch (step.kind) {
+      case StepKind::Op:
+        if (step.random && rng.mode == RngPolicy::Mode::PerOp) {
+          auto gen = at::globalContext().defaultGenerator(step.device);
+          std::lock_guard<std::mutex> lock(gen.mutex());
+          gen.set_current_seed(mix64(mix64(rng.seed ^ mix64(static_cast<uint64_t>(rng.microbatch))) ^
+                                     static_cast<uint64_t>(step.rng_id)));
+        }
+        step.op(stack);
+        break;
+      case StepKind::ListConstruct: {
+        c10::impl::GenericList list(step.list_elem);
+        list.reserve(stack.size());
+        for (auto& v : stack) list.push_back(std::move(v));
+        stack.clear();
+        stack.emplace_back(std::move(list));
+        break;
+      }
+      case StepKind::ListUnpack: {
+        auto list = stack.back().toList();
+        TORCH_CHECK(list.size() == step.out.size(), "list of ", list.size(), " elements unpacked into ",
+                    step.out.size(), " values");
+        stack.clear();
+        for (size_t i = 0; i < list.size(); ++i) stack.push_back(list.get(i));
+        break;
+      }
+      case StepKind::TupleConstruct: {
+        auto tuple = c10::ivalue::Tuple::create(std::vector<c10::IValue>(stack.begin(), stack.end()));
+        stack.clear();
+        stack.emplace_back(std::move(tuple));
+        break;
+      }
+      case StepKind::TupleUnpack: {
+        auto elems = stack.back().toTupleRef().elements().vec();
+        stack.assign(elems.begin(), elems.end());
+        break;
+      }
+    }
+    TORCH_INTERNAL_ASSERT(stack.size() == step.out.size(), step.what, " produced ", stack.size(),
+                          " values, expected ", step.out.size());
+    for (size_t i = 0; i < step.out.size(); ++i) slots[step.out[i]] = std::move(stack[i]);
+    for (int s : step.free_after) slots[s] = c10::IValue();
+  }
+  std::vector<c10::IValue> outputs;
+  outputs.reserve(output_slots_.size());
+  for (int s : output_slots_) outputs.push_back(slots[s]);
+  return outputs;
+}
+
+}  // namespace trine

@@ -1,0 +1,37 @@
+// The example models of examples/ as ready-made training tasks (module, loss,
+// deterministic batches), chosen by name and size options: what the `trine`
+// command, the tests and the benchmarks train.
+#pragma once
+#include "trine/frontend/trace.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace trine {
+
+struct ModelSpec {
+  std::string name = "gpt";  // gpt | skip | branch
+  int64_t layers = 4;        // GPT blocks, skip-model hidden layers, branch depth
+  int64_t hidden = 64;
+  int64_t heads = 4;         // GPT only
+  int64_t seq_len = 32;      // GPT only
+  int64_t vocab = 256;       // GPT only
+  int64_t batch = 8;         // microbatch size
+  double dropout = 0.0;
+  bool tied = false;         // GPT: tie the LM head to the token embedding
+  uint64_t seed = 0;         // initial weights and data
+};
+
+struct ExampleModel {
+  torch::nn::AnyModule module;
+  std::shared_ptr<torch::nn::Module> ptr;
+  LossFn loss;
+  std::function<SampleBatch(int64_t step)> batch;  // deterministic per step
+  double analytic_flops = 0;                       // forward FLOPs per microbatch; 0 if unknown
+};
+
+// Throws naming the option when the spec is not a valid model.
+ExampleModel make_example_model(const ModelSpec& spec);
+
+}  // namespace trine

@@ -1,0 +1,51 @@
+// Test helpers: eager reference runs and relative differences.
+#pragma once
+#include "trine/frontend/sequential_staged_model.h"
+#include "trine/launcher/example_models.h"
+
+#include <map>
+#include <string>
+
+namespace trine::testing {
+
+// ||a - b|| / ||b|| (0 when both are zero).
+inline double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  const double den = b.norm().item<double>();
+  const double num = (a - b).norm().item<double>();
+  return den == 0 ? num : num / den;
+}
+
+struct Reference {
+  double loss = 0;
+  std::map<std::string, torch::Tensor> grads;  // by parameter name
+};
+
+// Loss and gradients of one eager forward/backward of the example model.
+inline Reference eager_step(ExampleModel& m, const SampleBatch& batch) {
+  m.ptr->zero_grad();
+  auto out = [&] {
+    std::vector<torch::Tensor> o;
+    switch (batch.inputs.size()) {
+      case 1: {
+        auto v = m.module.any_forward(batch.inputs[0]);
+        if (auto* t = v.try_get<torch::Tensor>()) return std::vector<torch::Tensor>{*t};
+        break;
+      }
+      case 2: {
+        auto v = m.module.any_forward(batch.inputs[0], batch.inputs[1]);
+        auto t = v.get<std::tuple<torch::Tensor, torch::Tensor>>();
+        return std::vector<torch::Tensor>{std::get<0>(t), std::get<1>(t)};
+      }
+    }
+    throw std::runtime_error("eager_step: unsupported model signature");
+  }();
+  auto loss = m.loss(out, batch.targets);
+  loss.backward();
+  Reference r;
+  r.loss = loss.item<double>();
+  for (const auto& p : m.ptr->named_parameters())
+    if (p.value().grad().defined()) r.grads[p.key()] = p.value().grad().clone();
+  return r;
+}
+
+}  // namespace trine::testing
