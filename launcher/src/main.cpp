@@ -117,6 +117,8 @@ int run_train_staged(const ModelSpec& spec, int stages, int64_t steps, double lr
 int main(int argc, char** argv) {
   CLI::App app{"trine: automatic 3D-parallel training of LibTorch models"};
   app.require_subcommand(1);
+  // A later option wins (scripts add defaults the user may override).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (default: LibTorch's choice, OMP_NUM_THREADS)")
       ->check(CLI::NonNegativeNumber);
@@ -129,9 +131,11 @@ int main(int argc, char** argv) {
   add_model_options(inspect, spec);
   inspect->add_option("--torchscript", torchscript, "a saved TorchScript model instead of an example")
       ->check(CLI::ExistingFile);
-  inspect->add_option("--input-shape", shapes, "shape of a forward input, e.g. 8,16 (repeat per input)");
+  inspect->add_option("--input-shape", shapes, "shape of a forward input, e.g. 8,16 (repeat per input)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   inspect->add_option("--input-dtype", dtypes, "float or long (once, or once per input)")
-      ->check(CLI::IsMember({"float", "long"}));
+      ->check(CLI::IsMember({"float", "long"}))
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   inspect->add_option("--int-high", int_high, "integer inputs are drawn from [0, N)")->check(CLI::PositiveNumber);
   inspect->add_option("--json", json_out, "also write the proxy graph as JSON");
 
