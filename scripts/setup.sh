@@ -50,6 +50,8 @@ torch_dir=$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.dirn
 # 3. Compiler cache shared by every clone on this machine.
 export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+# Paths relative to the checkout, so that every clone hits the same cache entries.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
 # The precompiled header changes its mtime on each clean build; let ccache ignore that.
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 

@@ -118,13 +118,6 @@ std::vector<GraphInput> collect_inputs(const SampleBatch& sample, const NamedTen
   return out;
 }
 
-std::vector<torch::Tensor> of_kind(const std::vector<GraphInput>& in, InputKind kind) {
-  std::vector<torch::Tensor> out;
-  for (const auto& i : in)
-    if (i.kind == kind) out.push_back(i.value);
-  return out;
-}
-
 std::vector<torch::Tensor> model_step(const ModelOutputs& forward, const LossFn& loss,
                                       const std::vector<torch::Tensor>& data,
                                       const std::vector<torch::Tensor>& targets) {

@@ -15,6 +15,20 @@ inline double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return den == 0 ? num : num / den;
 }
 
+// The small GPT most tests use: 2 blocks, hidden 32, seq 8, vocab 64, batch 2.
+inline ModelSpec small_gpt_spec(bool tied = false, double dropout = 0.0) {
+  ModelSpec s;
+  s.layers = 2;
+  s.hidden = 32;
+  s.heads = 4;
+  s.seq_len = 8;
+  s.vocab = 64;
+  s.batch = 2;
+  s.tied = tied;
+  s.dropout = dropout;
+  return s;
+}
+
 struct Reference {
   double loss = 0;
   std::map<std::string, torch::Tensor> grads;  // by parameter name

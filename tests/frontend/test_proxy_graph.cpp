@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <map>
 
 using namespace trine;
 
@@ -17,16 +18,7 @@ ProxyGraph proxy_of(const ModelSpec& spec) {
   return build_proxy_graph(trace(m.module, m.loss, m.batch(0)));
 }
 
-ModelSpec gpt_spec(bool tied = false) {
-  ModelSpec s;
-  s.layers = 2;
-  s.hidden = 32;
-  s.seq_len = 8;
-  s.vocab = 64;
-  s.batch = 2;
-  s.tied = tied;
-  return s;
-}
+ModelSpec gpt_spec(bool tied = false) { return trine::testing::small_gpt_spec(tied); }
 
 std::vector<std::string> layer_names(const ProxyGraph& g) {
   std::vector<std::string> out;
@@ -153,4 +145,25 @@ TEST(ProxyGraph, MalformedJsonIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("op 3 has layer 99"), std::string::npos) << e.what();
   }
   std::remove(path.c_str());
+}
+
+TEST(ProxyGraph, AnalyticFlopsOfConvolutionBmmAndAttention) {
+  torch::manual_seed(1);
+  auto conv_w = torch::randn({6, 3, 3, 3}, torch::requires_grad());
+  auto proj = torch::randn({2, 16, 8}, torch::requires_grad());
+  ForwardFn fn = [&](const std::vector<torch::Tensor>& in) {
+    auto c = torch::conv2d(in[0], conv_w, {}, 1, 1);               // [2, 6, 10, 10]
+    auto h = c.reshape({2, 6, 100}).transpose(1, 2).slice(2, 0, 6);  // [2, 100, 6]
+    auto b = torch::bmm(h.narrow(1, 0, 16).transpose(1, 2), proj);   // [2, 6, 8]
+    auto q = b.view({2, 1, 6, 8});
+    return std::vector<torch::Tensor>{at::scaled_dot_product_attention(q, q, q)};
+  };
+  SampleBatch s{{torch::randn({2, 3, 10, 10})}, {}};
+  const ProxyGraph g = build_proxy_graph(trace(fn, {{"conv.weight", conv_w}, {"proj", proj}}, {}, nullptr, s));
+  std::map<std::string, double> flops;
+  for (const auto& op : g.ops) flops[op.kind] += op.flops;
+  EXPECT_DOUBLE_EQ(flops["aten::conv2d"] + flops["aten::_convolution"], 2.0 * (2 * 6 * 10 * 10) * (3 * 3 * 3));
+  EXPECT_DOUBLE_EQ(flops["aten::bmm"], 2.0 * (2 * 6 * 8) * 16);
+  // Two products of [6 x 8] by [8 x 6] and [6 x 6] by [6 x 8], plus the softmax.
+  EXPECT_DOUBLE_EQ(flops["aten::scaled_dot_product_attention"], 2.0 * 2 * 6 * 6 * 8 * 2 + 2 * 6 * 6);
 }

@@ -110,9 +110,10 @@ TEST(StagedExecutionDetails, TiedEmbeddingOnTwoStagesIsHeldByBothAndStaysIdentic
     staged.zero_grad();
     staged.forward_backward(m.batch(step));
     // Before the reduction each copy has only its own stage's part of the gradient.
-    if (step == 0)
+    if (step == 0) {
       EXPECT_FALSE(torch::allclose(staged.parameter("tok_emb.weight", 0).grad(),
                                    staged.parameter("tok_emb.weight", 1).grad()));
+    }
     staged.reduce_shared_gradients();
     opt.step();
   }

@@ -25,16 +25,7 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 ExampleModel small_gpt(bool tied = false, double dropout = 0.0) {
-  ModelSpec spec;
-  spec.layers = 2;
-  spec.hidden = 32;
-  spec.heads = 4;
-  spec.seq_len = 8;
-  spec.vocab = 64;
-  spec.batch = 2;
-  spec.tied = tied;
-  spec.dropout = dropout;
-  return make_example_model(spec);
+  return make_example_model(trine::testing::small_gpt_spec(tied, dropout));
 }
 
 }  // namespace
