@@ -58,10 +58,10 @@ class StageBuilder {
     prog_.graph = std::make_shared<jit::Graph>();
   }
 
-  StageProgram build(int num_stages) {
+  StageProgram build() {
     for (size_t o = 0; o < idx_.ops.size(); ++o)
       if (stage_of_op_[o] == prog_.stage) append(idx_.ops[o], static_cast<int>(o));
-    add_outputs(num_stages);
+    add_outputs();
     prog_.runner = GraphRunner(prog_.graph, op_ids_);
     return std::move(prog_);
   }
@@ -137,7 +137,7 @@ class StageBuilder {
     return add_input(v, in, pv.name);
   }
 
-  void add_outputs(int num_stages) {
+  void add_outputs() {
     for (size_t o = 0; o < idx_.ops.size(); ++o) {
       if (stage_of_op_[o] != prog_.stage) continue;
       for (int v : proxy_.ops[o].outputs) {
@@ -179,7 +179,7 @@ std::vector<StageProgram> split_into_stages(const TracedModel& model, const Prox
     if (!proxy.ops[o].param_only) stage_of_op[o] = stage_of_layer[proxy.ops[o].layer];
   std::vector<StageProgram> stages;
   for (int s = 0; s < k; ++s) {
-    stages.push_back(StageBuilder(model, proxy, idx, stage_of_op, s).build(k));
+    stages.push_back(StageBuilder(model, proxy, idx, stage_of_op, s).build());
     for (size_t l = 0; l < stage_of_layer.size(); ++l)
       if (stage_of_layer[l] == s) stages.back().layers.push_back(static_cast<int>(l));
   }
