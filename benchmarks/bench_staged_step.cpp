@@ -67,9 +67,9 @@ int main(int argc, char** argv) {
     plain_opt.step();
   };
 
-  // Staged: the same model and weights, traced and cut into k stages.
-  auto traced_model = make_example_model(spec);
-  const TracedModel traced = trace(traced_model.module, traced_model.loss, batch);
+  // Staged: the same model traced and cut into k stages. Each staged model
+  // trains its own copies of the weights, so the plain loop's are untouched.
+  const TracedModel traced = trace(plain.module, plain.loss, batch);
   const ProxyGraph proxy = build_proxy_graph(traced);
   const int layers = static_cast<int>(proxy.layers.size());
   struct Variant {

@@ -45,6 +45,15 @@ int ProxyGraph::find_layer(const std::string& name) const {
   return -1;
 }
 
+int ProxyGraph::find_param(const std::string& name) const {
+  for (size_t p = 0; p < params.size(); ++p) {
+    if (params[p].name == name) return static_cast<int>(p);
+    for (const auto& a : params[p].aliases)
+      if (a == name) return static_cast<int>(p);
+  }
+  return -1;
+}
+
 namespace {
 
 std::string si(double x, const char* unit) {

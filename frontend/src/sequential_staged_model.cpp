@@ -122,12 +122,9 @@ std::vector<torch::Tensor> SequentialStagedModel::parameters() const {
 }
 
 int SequentialStagedModel::param_id(const std::string& name) const {
-  for (size_t p = 0; p < proxy_.params.size(); ++p) {
-    if (proxy_.params[p].name == name) return static_cast<int>(p);
-    for (const auto& a : proxy_.params[p].aliases)
-      if (a == name) return static_cast<int>(p);
-  }
-  TORCH_CHECK(false, "the model has no parameter or buffer named '", name, "'");
+  const int p = proxy_.find_param(name);
+  TORCH_CHECK(p >= 0, "the model has no parameter or buffer named '", name, "'");
+  return p;
 }
 
 torch::Tensor SequentialStagedModel::parameter(const std::string& name, int stage) const {

@@ -94,6 +94,7 @@ class ProxyGraph {
   // Distinct (producer layer, consumer layer) pairs with producer != consumer.
   std::vector<std::pair<int, int>> layer_edges() const;
   int find_layer(const std::string& name) const;  // -1 if absent
+  int find_param(const std::string& name) const;  // by name or alias; -1 if absent
 
   // A table with one row per layer and a totals row.
   std::string layer_table() const;
