@@ -5,6 +5,7 @@
 // rounds of the per-round time ratio. Writes JSON and prints a table.
 //
 //   build/bin/bench_staged_step [--threads 1] [--repeats 15] [--out FILE]
+#include "trine/partitioner/partition_method.h"
 #include "trine/frontend/atomic_file.h"
 #include "trine/frontend/sequential_staged_model.h"
 #include "trine/launcher/example_models.h"
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
   for (int k : {1, 4}) {
     Variant v;
     v.name = "staged k=" + std::to_string(k);
-    v.model = std::make_unique<SequentialStagedModel>(traced, proxy, contiguous_assignment(layers, k));
+    v.model = std::make_unique<SequentialStagedModel>(traced, proxy, uniform_assignment(layers, k));
     v.opt = std::make_unique<torch::optim::AdamW>(v.model->parameters(), torch::optim::AdamWOptions(1e-4));
     variants.push_back(std::move(v));
   }

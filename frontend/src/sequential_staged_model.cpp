@@ -1,8 +1,42 @@
 #include "trine/frontend/sequential_staged_model.h"
 
+#include <torch/cuda.h>
+
+#include <chrono>
 #include <map>
+#include <unordered_set>
 
 namespace trine {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using WeakStorage = c10::weak_intrusive_ptr<c10::StorageImpl>;
+
+// Times on an accelerator mean nothing until its queue has drained.
+void synchronize(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Bytes of the distinct storages in `produced` that are still alive and are not
+// one of `inputs` (a view or a no-op of an input is not a new activation).
+int64_t kept_bytes(const std::vector<WeakStorage>& produced, const std::vector<c10::IValue>& inputs) {
+  std::unordered_set<const c10::StorageImpl*> seen;
+  for (const auto& v : inputs)
+    if (v.isTensor() && v.toTensor().defined() && v.toTensor().has_storage())
+      seen.insert(v.toTensor().storage().unsafeGetStorageImpl());
+  int64_t bytes = 0;
+  for (const auto& w : produced) {
+    auto strong = w.lock();
+    if (!strong || !seen.insert(strong.get()).second) continue;
+    bytes += static_cast<int64_t>(strong->nbytes());
+  }
+  return bytes;
+}
+
+}  // namespace
 
 SequentialStagedModel::SequentialStagedModel(const TracedModel& model, ProxyGraph proxy,
                                              const std::vector<int>& stage_of_layer)
@@ -19,7 +53,8 @@ SequentialStagedModel::SequentialStagedModel(const TracedModel& model, ProxyGrap
   }
 }
 
-torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, const RngPolicy& rng) {
+torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, const RngPolicy& rng,
+                                                     StageMeasurements* measure) {
   TORCH_CHECK(batch.inputs.size() == proxy_.data_inputs.size(), "the batch has ", batch.inputs.size(),
               " inputs, the model was traced with ", proxy_.data_inputs.size());
   TORCH_CHECK(batch.targets.size() == proxy_.target_inputs.size(), "the batch has ", batch.targets.size(),
@@ -29,9 +64,15 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
   std::vector<std::vector<torch::Tensor>> leaves(k);      // per stage: received activations (detached)
   std::vector<std::vector<torch::Tensor>> outs(k);
   torch::Tensor loss;
+  const c10::Device device = batch.inputs.empty() ? c10::Device(c10::kCPU) : batch.inputs[0].device();
+  std::vector<std::vector<WeakStorage>> created(measure ? k : 0);
+  std::vector<std::vector<c10::IValue>> stage_inputs(measure ? k : 0);  // to tell inputs from new tensors
+  if (measure) *measure = StageMeasurements{std::vector<double>(k), std::vector<double>(k), std::vector<int64_t>(k)};
 
   for (size_t s = 0; s < k; ++s) {
     const StageProgram& st = stages_[s];
+    if (measure) synchronize(device);
+    const auto t0 = Clock::now();
     std::vector<c10::IValue> in;
     in.reserve(st.inputs.size());
     for (const StageInput& i : st.inputs) {
@@ -49,22 +90,35 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
         case StageInput::Kind::Parameter: in.emplace_back(held_[s].at(i.index)); break;
       }
     }
-    auto result = st.runner.run(std::move(in), rng);
+    if (measure) stage_inputs[s] = in;
+    auto result = st.runner.run(std::move(in), rng, measure ? &created[s] : nullptr);
     for (size_t o = 0; o < st.outputs.size(); ++o) {
       auto t = result[o].toTensor();
       outs[s].push_back(t);
       if (!st.outputs[o].to_stages.empty()) produced[st.outputs[o].value] = t;
       if (st.outputs[o].model_output == 0) loss = t;
     }
+    if (measure) {
+      synchronize(device);
+      measure->forward_s[s] = seconds_since(t0);
+    }
   }
   TORCH_INTERNAL_ASSERT(loss.defined(), "no stage produced the loss");
   produced.clear();
+  if (measure)
+    for (size_t s = 0; s < k; ++s) {
+      measure->kept_bytes[s] = kept_bytes(created[s], stage_inputs[s]);
+      created[s].clear();
+      stage_inputs[s].clear();
+    }
 
   // Backward, last stage first: each stage's outputs get the gradients its
   // consumers computed for their received copies (summed over consumers).
   std::map<int, torch::Tensor> grads;
   for (size_t s = k; s-- > 0;) {
     const StageProgram& st = stages_[s];
+    if (measure) synchronize(device);
+    const auto t0 = Clock::now();
     std::vector<torch::Tensor> roots, root_grads;
     for (size_t o = 0; o < st.outputs.size(); ++o) {
       const torch::Tensor& t = outs[s][o];
@@ -89,6 +143,10 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
       g = g.defined() ? g + l.grad() : l.grad();
     }
     leaves[s].clear();
+    if (measure) {
+      synchronize(device);
+      measure->backward_s[s] = seconds_since(t0);
+    }
   }
   return loss.detach();
 }

@@ -39,14 +39,6 @@ int check_stage_assignment(const ProxyGraph& proxy, const std::vector<int>& stag
   return k;
 }
 
-std::vector<int> contiguous_assignment(int num_layers, int k) {
-  TORCH_CHECK(k >= 1 && k <= num_layers, "cannot cut ", num_layers, " layers into ", k,
-              " stages: need 1 <= stages <= layers");
-  std::vector<int> out(num_layers);
-  for (int l = 0; l < num_layers; ++l) out[l] = static_cast<int>(static_cast<int64_t>(l) * k / num_layers);
-  return out;
-}
-
 namespace {
 
 class StageBuilder {

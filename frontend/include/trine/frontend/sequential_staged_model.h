@@ -14,6 +14,15 @@
 
 namespace trine {
 
+// What one forward_backward measured, per stage: wall seconds of its forward
+// and of its backward (the device synchronised around each), and the bytes of
+// tensors its forward created that are still alive when every stage has run
+// forward: the activations (and outputs) one microbatch keeps until backward.
+struct StageMeasurements {
+  std::vector<double> forward_s, backward_s;
+  std::vector<int64_t> kept_bytes;
+};
+
 class SequentialStagedModel {
  public:
   SequentialStagedModel(const TracedModel& model, ProxyGraph proxy, const std::vector<int>& stage_of_layer);
@@ -21,7 +30,9 @@ class SequentialStagedModel {
   // Forward and backward of one microbatch through every stage; adds into the
   // stages' parameter gradients and returns the loss (detached). The batch
   // must have the traced shapes.
-  torch::Tensor forward_backward(const SampleBatch& batch, const RngPolicy& rng = {});
+  // With `measure`, each stage is timed and its kept activations counted.
+  torch::Tensor forward_backward(const SampleBatch& batch, const RngPolicy& rng = {},
+                                 StageMeasurements* measure = nullptr);
 
   // Gradients of a parameter held by several stages are summed, and every copy
   // gets the sum: call after backward and before the optimizer step, so the

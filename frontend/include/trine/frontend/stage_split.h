@@ -53,7 +53,4 @@ int check_stage_assignment(const ProxyGraph& proxy, const std::vector<int>& stag
 std::vector<StageProgram> split_into_stages(const TracedModel& model, const ProxyGraph& proxy,
                                             const std::vector<int>& stage_of_layer);
 
-// Layers in order, cut into k contiguous runs of (nearly) equal layer counts.
-std::vector<int> contiguous_assignment(int num_layers, int k);
-
 }  // namespace trine

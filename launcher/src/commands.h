@@ -1,0 +1,66 @@
+// The subcommands of `trine`: each registers its options on the app and runs
+// when chosen. Errors are thrown (c10::Error); main prints them and exits 1.
+#pragma once
+#include "model_options.h"
+
+#include "trine/frontend/proxy_graph.h"
+#include "trine/partitioner/stage_plan.h"
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+namespace trine::cli {
+
+// How a plan is made: shared by `plan` and `train-staged`.
+struct PlanArgs {
+  int stages = 2;
+  std::string method = "metis";
+  bool profile = false;
+  int warmup = 2, repeats = 5;
+  double flops_per_second = 1e11;  // analytic costs
+  std::string memory_limit;        // "" = none
+  int microbatches = 0;
+  std::string schedule = "1f1b";
+  uint64_t partition_seed = 0;
+  std::vector<std::string> starts;  // manual
+  std::string out;                  // plan JSON to write
+};
+void add_plan_options(CLI::App* cmd, PlanArgs& args);
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args);
+
+struct InspectArgs {
+  ModelArgs model;
+  std::string json_out;
+};
+CLI::App* add_inspect_command(CLI::App& app, InspectArgs& args);
+int run_inspect(const InspectArgs& args);
+
+struct PlanCommandArgs {
+  ModelArgs model;
+  PlanArgs plan;
+};
+CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args);
+int run_plan(const PlanCommandArgs& args);
+
+struct CheckPlanArgs {
+  ModelArgs model;
+  std::string plan_file;
+  int64_t steps = 2;
+  double tolerance = 1e-5;
+};
+CLI::App* add_check_plan_command(CLI::App& app, CheckPlanArgs& args);
+int run_check_plan(const CheckPlanArgs& args);
+
+struct TrainStagedArgs {
+  ModelArgs model;
+  PlanArgs plan;
+  std::string plan_file;  // use this plan instead of making one
+  int64_t steps = 20, log_every = 5;
+  double lr = 3e-3;
+};
+CLI::App* add_train_staged_command(CLI::App& app, TrainStagedArgs& args);
+int run_train_staged(const TrainStagedArgs& args);
+
+}  // namespace trine::cli

@@ -1,0 +1,41 @@
+// Command-line options that choose a model (an example model by name and
+// size, or a TorchScript file with input shapes) and turn them into a traced
+// model with deterministic batches. Shared by the `trine` subcommands.
+#pragma once
+#include "trine/frontend/trace.h"
+#include "trine/launcher/example_models.h"
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace trine::cli {
+
+struct ModelArgs {
+  ModelSpec spec;
+  std::string torchscript;          // a TorchScript file instead of an example
+  std::vector<std::string> shapes;  // its forward's input shapes, "8,16"
+  std::vector<std::string> dtypes;  // float | long, once or per input
+  int64_t int_high = 2;             // integer inputs are drawn from [0, int_high)
+};
+
+void add_model_options(CLI::App* cmd, ModelArgs& args, bool allow_torchscript);
+
+struct LoadedModel {
+  TracedModel traced;
+  std::function<SampleBatch(int64_t step)> batch;  // deterministic per step
+  // TorchScript files come without a loss; the sum of their floating outputs
+  // stands in so that the backward can be profiled and checked.
+  bool stand_in_loss = false;
+};
+
+// `need_loss`: trace TorchScript files with the stand-in loss (example models
+// always come with their own loss).
+LoadedModel load_model(const ModelArgs& args, bool need_loss = true);
+
+// "2GiB", "512MiB", "1.5GB", "1000000" -> bytes; throws naming the option.
+int64_t parse_bytes(const std::string& text, const char* option);
+
+}  // namespace trine::cli

@@ -1,0 +1,77 @@
+// `trine plan`: cut a model into pipeline stages and write the plan.
+#include "commands.h"
+
+#include "trine/partitioner/profiler.h"
+
+#include <iostream>
+
+namespace trine::cli {
+
+void add_plan_options(CLI::App* cmd, PlanArgs& a) {
+  std::string methods;
+  for (const auto& m : partition_method_names()) methods += (methods.empty() ? "" : "|") + m;
+  cmd->add_option("--stages", a.stages, "number of pipeline stages")->check(CLI::PositiveNumber);
+  cmd->add_option("--method", a.method, "partition method: " + methods)->check(CLI::IsMember(partition_method_names()));
+  cmd->add_flag("--profile", a.profile, "measure every layer on this device instead of estimating from FLOPs");
+  cmd->add_option("--warmup", a.warmup, "profile: untimed steps first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--repeats", a.repeats, "profile: timed steps (the median counts)")->check(CLI::PositiveNumber);
+  cmd->add_option("--flops-per-second", a.flops_per_second, "analytic costs: assumed FLOP rate")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--memory-limit", a.memory_limit, "per-stage memory limit, e.g. 2GiB (default: none)");
+  cmd->add_option("--microbatches", a.microbatches, "microbatches per step (sets activations in flight; 0: >= stages)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--schedule", a.schedule, "pipeline schedule the plan is for: 1f1b|gpipe")
+      ->check(CLI::IsMember({"1f1b", "gpipe"}));
+  cmd->add_option("--partition-seed", a.partition_seed, "METIS's random seed");
+  cmd->add_option("--starts", a.starts, "manual: the first layer of each stage after the first (comma-separated)")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--out", a.out, "write the plan as JSON to this file");
+}
+
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a) {
+  PlanOptions o;
+  o.stages = a.stages;
+  o.memory_limit_bytes = a.memory_limit.empty() ? 0 : parse_bytes(a.memory_limit, "--memory-limit");
+  o.pipeline.schedule = a.schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
+  o.pipeline.microbatches = a.microbatches;
+  o.seed = a.partition_seed;
+  o.manual_starts = a.starts;
+  TORCH_CHECK(a.method != "manual" || !a.starts.empty(), "--method manual needs --starts: the first layer of each ",
+              "stage after the first, e.g. --starts blocks.2,blocks.4");
+  CostModel costs;
+  if (a.profile) {
+    ProfileOptions p;
+    p.warmup = a.warmup;
+    p.repeats = a.repeats;
+    costs = profile_layers(model.traced, proxy, model.batch(0), p);
+  } else {
+    AnalyticOptions an;
+    an.flops_per_second = a.flops_per_second;
+    costs = analytic_costs(proxy, an);
+  }
+  return plan_stages(proxy, costs, a.method, o);
+}
+
+CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args) {
+  auto* cmd = app.add_subcommand("plan", "cut a model into pipeline stages, print and write the plan");
+  add_model_options(cmd, args.model, true);
+  add_plan_options(cmd, args.plan);
+  return cmd;
+}
+
+int run_plan(const PlanCommandArgs& args) {
+  const LoadedModel model = load_model(args.model);
+  const ProxyGraph proxy = build_proxy_graph(model.traced);
+  std::cout << "model: " << proxy.description << ", " << proxy.layers.size() << " layers\n";
+  if (model.stand_in_loss) std::cout << "(TorchScript: the sum of its outputs stands in for a loss)\n";
+  const StagePlan plan = make_plan(model, proxy, args.plan);
+  std::cout << plan.table();
+  if (!args.plan.out.empty()) {
+    plan.save(args.plan.out);
+    std::cout << "plan written to " << args.plan.out << "\n";
+  }
+  return 0;
+}
+
+}  // namespace trine::cli
