@@ -25,7 +25,17 @@ int main(int argc, char** argv) {
   auto* check = add_check_plan_command(app, check_args);
   auto* staged = add_train_staged_command(app, train_args);
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors exit 2 (runtime errors 1), with the same prefix.
+    std::cerr << "trine: error: " << e.what() << " (run with --help for the options)\n";
+    return 2;
+  }
   try {
     if (threads > 0) at::set_num_threads(threads);
     if (*inspect) return run_inspect(inspect_args);
