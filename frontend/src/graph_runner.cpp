@@ -119,8 +119,7 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
   steps_ = std::move(steps);
 }
 
-std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const RngPolicy& rng,
-                                          std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>>* produced) const {
+std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const RngPolicy& rng) const {
   TORCH_CHECK(graph_, "GraphRunner: no graph");
   TORCH_CHECK(inputs.size() == input_slots_.size(), "graph expects ", input_slots_.size(),
               " inputs, got ", inputs.size());
@@ -148,15 +147,6 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
                                      static_cast<uint64_t>(step.rng_id)));
         }
         step.op(stack);
-        if (produced)
-          for (const c10::IValue& v : stack) {
-            if (v.isTensor() && v.toTensor().defined() && v.toTensor().has_storage()) {
-              produced->push_back(v.toTensor().storage().getWeakStorageImpl());
-            } else if (v.isTensorList()) {
-              for (const at::Tensor& t : v.toTensorVector())
-                if (t.defined() && t.has_storage()) produced->push_back(t.storage().getWeakStorageImpl());
-            }
-          }
         break;
       case StepKind::ListConstruct: {
         c10::impl::GenericList list(step.list_elem);

@@ -4,14 +4,16 @@
 
 #include <chrono>
 #include <map>
-#include <unordered_set>
+#include <optional>
+
+#include <c10/core/Allocator.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
 
 namespace trine {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using WeakStorage = c10::weak_intrusive_ptr<c10::StorageImpl>;
 
 // Times on an accelerator mean nothing until its queue has drained.
 void synchronize(const c10::Device& device) {
@@ -20,21 +22,20 @@ void synchronize(const c10::Device& device) {
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Bytes of the distinct storages in `produced` that are still alive and are not
-// one of `inputs` (a view or a no-op of an input is not a new activation).
-int64_t kept_bytes(const std::vector<WeakStorage>& produced, const std::vector<c10::IValue>& inputs) {
-  std::unordered_set<const c10::StorageImpl*> seen;
-  for (const auto& v : inputs)
-    if (v.isTensor() && v.toTensor().defined() && v.toTensor().has_storage())
-      seen.insert(v.toTensor().storage().unsafeGetStorageImpl());
-  int64_t bytes = 0;
-  for (const auto& w : produced) {
-    auto strong = w.lock();
-    if (!strong || !seen.insert(strong.get()).second) continue;
-    bytes += static_cast<int64_t>(strong->nbytes());
-  }
-  return bytes;
-}
+// Counts the bytes allocated minus the bytes freed on this thread while it is
+// installed, through the allocators' memory-reporting hook (the one LibTorch's
+// profiler uses; CPU and CUDA allocators both report). Unlike looking at op
+// outputs, it also sees what composite ops allocate inside and autograd keeps
+// (a cross-entropy's log-softmax, a layer norm's mean and rstd, dropout masks).
+class AllocationCounter : public c10::MemoryReportingInfoBase {
+ public:
+  void reportMemoryUsage(void*, int64_t bytes, size_t, size_t, c10::Device) override { live_ += bytes; }
+  bool memoryProfilingEnabled() const override { return true; }
+  int64_t live() const { return live_; }
+
+ private:
+  int64_t live_ = 0;
+};
 
 }  // namespace
 
@@ -65,14 +66,19 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
   std::vector<std::vector<torch::Tensor>> outs(k);
   torch::Tensor loss;
   const c10::Device device = batch.inputs.empty() ? c10::Device(c10::kCPU) : batch.inputs[0].device();
-  std::vector<std::vector<WeakStorage>> created(measure ? k : 0);
-  std::vector<std::vector<c10::IValue>> stage_inputs(measure ? k : 0);  // to tell inputs from new tensors
-  if (measure) *measure = StageMeasurements{std::vector<double>(k), std::vector<double>(k), std::vector<int64_t>(k)};
+  std::shared_ptr<AllocationCounter> counter;
+  std::optional<c10::DebugInfoGuard> counting;
+  if (measure) {
+    *measure = StageMeasurements{std::vector<double>(k), std::vector<double>(k), std::vector<int64_t>(k)};
+    counter = std::make_shared<AllocationCounter>();
+    counting.emplace(c10::DebugInfoKind::PROFILER_STATE, counter);
+  }
 
   for (size_t s = 0; s < k; ++s) {
     const StageProgram& st = stages_[s];
     if (measure) synchronize(device);
     const auto t0 = Clock::now();
+    const int64_t live_before = counter ? counter->live() : 0;
     std::vector<c10::IValue> in;
     in.reserve(st.inputs.size());
     for (const StageInput& i : st.inputs) {
@@ -90,8 +96,7 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
         case StageInput::Kind::Parameter: in.emplace_back(held_[s].at(i.index)); break;
       }
     }
-    if (measure) stage_inputs[s] = in;
-    auto result = st.runner.run(std::move(in), rng, measure ? &created[s] : nullptr);
+    auto result = st.runner.run(std::move(in), rng);
     for (size_t o = 0; o < st.outputs.size(); ++o) {
       auto t = result[o].toTensor();
       outs[s].push_back(t);
@@ -101,16 +106,14 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
     if (measure) {
       synchronize(device);
       measure->forward_s[s] = seconds_since(t0);
+      // What this forward allocated and did not free: its outputs and what its
+      // autograd graph keeps; both live until this stage's backward.
+      measure->kept_bytes[s] = counter->live() - live_before;
     }
   }
+  counting.reset();
   TORCH_INTERNAL_ASSERT(loss.defined(), "no stage produced the loss");
   produced.clear();
-  if (measure)
-    for (size_t s = 0; s < k; ++s) {
-      measure->kept_bytes[s] = kept_bytes(created[s], stage_inputs[s]);
-      created[s].clear();
-      stage_inputs[s].clear();
-    }
 
   // Backward, last stage first: each stage's outputs get the gradients its
   // consumers computed for their received copies (summed over consumers).

@@ -26,6 +26,7 @@ struct PlanArgs {
   uint64_t partition_seed = 0;
   std::vector<std::string> starts;  // manual
   std::string out;                  // plan JSON to write
+  bool show_costs = false;          // print the per-layer cost table too
 };
 void add_plan_options(CLI::App* cmd, PlanArgs& args);
 StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args);

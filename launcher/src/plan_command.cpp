@@ -27,6 +27,7 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--out", a.out, "write the plan as JSON to this file");
+  cmd->add_flag("--show-costs", a.show_costs, "also print every layer's time and memory");
 }
 
 StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a) {
@@ -50,6 +51,7 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
     an.flops_per_second = a.flops_per_second;
     costs = analytic_costs(proxy, an);
   }
+  if (a.show_costs) std::cout << layer_cost_table(proxy, costs) << "\n";
   return plan_stages(proxy, costs, a.method, o);
 }
 

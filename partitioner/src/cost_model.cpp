@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdio>
 #include <sstream>
 
 namespace trine {
@@ -22,6 +23,30 @@ CostModel analytic_costs(const ProxyGraph& proxy, const AnalyticOptions& options
     costs.layers.push_back(c);
   }
   return costs;
+}
+
+std::string layer_cost_table(const ProxyGraph& proxy, const CostModel& costs) {
+  TORCH_CHECK(costs.layers.size() == proxy.layers.size(), "cost model and model disagree on the number of layers");
+  std::ostringstream os;
+  char line[256];
+  const double mib = 1024.0 * 1024.0;
+  std::snprintf(line, sizeof line, "%-20s %9s %9s %10s %10s %10s %10s\n", "layer", "fwd ms", "bwd ms", "param MiB",
+                "grad MiB", "optim MiB", "act MiB");
+  os << line;
+  for (size_t l = 0; l < proxy.layers.size(); ++l) {
+    double params = 0, grads = 0;
+    for (int p : proxy.layers[l].params) {
+      params += static_cast<double>(proxy.params[p].bytes);
+      if (proxy.params[p].requires_grad && !proxy.params[p].is_buffer) grads += static_cast<double>(proxy.params[p].bytes);
+    }
+    const LayerCost& c = costs.layers[l];
+    std::snprintf(line, sizeof line, "%-20s %9.3f %9.3f %10.3f %10.3f %10.3f %10.3f\n", proxy.layers[l].name.c_str(),
+                  c.forward_s * 1e3, c.backward_s * 1e3, params / mib, grads / mib,
+                  grads * costs.optimizer_state_factor / mib, static_cast<double>(c.activation_bytes) / mib);
+    os << line;
+  }
+  os << "costs: " << costs.source << "\n";
+  return os.str();
 }
 
 nlohmann::json CostModel::to_json() const {

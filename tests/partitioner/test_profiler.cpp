@@ -67,6 +67,11 @@ TEST(Profiler, TimesEveryGptLayerWithTheGivenThreadsAndRestoresThem) {
       EXPECT_GT(costs.layers[l].activation_bytes, 0) << proxy.layers[l].name;
     }
   }
+  // The head's cross-entropy keeps its log-softmax [batch, seq, vocab] for the
+  // backward, allocated inside a composite op: the allocation hook sees it.
+  const int head = proxy.find_layer("head");
+  ASSERT_GE(head, 0);
+  EXPECT_GE(costs.layers[head].activation_bytes, 2 * 8 * 64 * 4);
   // A transformer block does more work than the position embedding lookup.
   const int block = proxy.find_layer("blocks.0"), pos = proxy.find_layer("pos_emb");
   ASSERT_GE(block, 0);

@@ -41,12 +41,7 @@ class GraphRunner {
 
   // Inputs in graph order. Tensor inputs must have the shapes the graph was
   // traced with; a mismatch is an error naming the input and both shapes.
-  // `produced`, when given, receives a weak reference to the storage of every
-  // tensor an op outputs: after the run, the ones still alive are what the
-  // autograd graph (or the caller) keeps, which is how the profiler measures
-  // the activation memory a microbatch holds until its backward.
-  std::vector<c10::IValue> run(std::vector<c10::IValue> inputs, const RngPolicy& rng = {},
-                               std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>>* produced = nullptr) const;
+  std::vector<c10::IValue> run(std::vector<c10::IValue> inputs, const RngPolicy& rng = {}) const;
 
   const std::shared_ptr<torch::jit::Graph>& graph() const { return graph_; }
 

@@ -15,9 +15,9 @@
 namespace trine {
 
 // What one forward_backward measured, per stage: wall seconds of its forward
-// and of its backward (the device synchronised around each), and the bytes of
-// tensors its forward created that are still alive when every stage has run
-// forward: the activations (and outputs) one microbatch keeps until backward.
+// and of its backward (the device synchronised around each), and the bytes its
+// forward allocated and had not freed when it returned: its outputs and what
+// its autograd graph saved, which one microbatch keeps until its backward.
 struct StageMeasurements {
   std::vector<double> forward_s, backward_s;
   std::vector<int64_t> kept_bytes;

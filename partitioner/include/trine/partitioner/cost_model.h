@@ -46,4 +46,9 @@ struct AnalyticOptions {
 // autograd keeps).
 CostModel analytic_costs(const ProxyGraph& proxy, const AnalyticOptions& options = {});
 
+// One row per layer: forward and backward time, and its memory: parameters,
+// gradients, optimizer state (of the parameters it reads; a tied parameter
+// shows in each layer reading it) and activations kept per microbatch.
+std::string layer_cost_table(const ProxyGraph& proxy, const CostModel& costs);
+
 }  // namespace trine
