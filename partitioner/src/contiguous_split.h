@@ -14,7 +14,6 @@ struct ContiguousSplit {
   int stages = 1;
   PipelineShape pipeline;
   int64_t memory_limit_bytes = 0;  // 0: none
-  const char* weight_name = "time";  // for messages
 
   // Stage of each layer (by layer id): the minimum over contiguous splits of
   // `order` into `stages` non-empty runs of the largest run weight, every run

@@ -20,8 +20,7 @@ std::vector<int> index_order(int n) {
 }
 
 // Minimum of the heaviest run over contiguous splits of the layer order.
-std::vector<int> contiguous_min_max(const PartitionGraph& g, const PlanOptions& o, std::vector<double> weight,
-                                    const char* weight_name) {
+std::vector<int> contiguous_min_max(const PartitionGraph& g, const PlanOptions& o, std::vector<double> weight) {
   detail::ContiguousSplit split;
   split.graph = &g;
   split.order = index_order(g.num_layers());
@@ -29,7 +28,6 @@ std::vector<int> contiguous_min_max(const PartitionGraph& g, const PlanOptions& 
   split.stages = o.stages;
   split.pipeline = o.pipeline;
   split.memory_limit_bytes = o.memory_limit_bytes;
-  split.weight_name = weight_name;
   return split.solve();
 }
 
@@ -48,7 +46,7 @@ class ParametersMethod : public PartitionMethod {
     std::vector<double> count(g.num_layers(), 0);
     for (int l = 0; l < g.num_layers(); ++l)
       for (int p : g.layers[l].params) count[l] += static_cast<double>(g.params[p].numel);
-    return contiguous_min_max(g, o, std::move(count), "parameters");
+    return contiguous_min_max(g, o, std::move(count));
   }
 };
 
@@ -58,7 +56,7 @@ class DpMethod : public PartitionMethod {
   std::vector<int> assign(const PartitionGraph& g, const PlanOptions& o) const override {
     std::vector<double> time(g.num_layers());
     for (int l = 0; l < g.num_layers(); ++l) time[l] = g.layers[l].time_s();
-    return contiguous_min_max(g, o, std::move(time), "time");
+    return contiguous_min_max(g, o, std::move(time));
   }
 };
 
