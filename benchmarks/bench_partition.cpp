@@ -8,6 +8,7 @@
 // Writes JSON and prints a table.
 //
 //   build/bin/bench_partition [--threads 1] [--repeats 5] [--out FILE]
+#include "bench_timing.h"
 #include "trine/frontend/atomic_file.h"
 #include "trine/frontend/sequential_staged_model.h"
 #include "trine/launcher/example_models.h"
@@ -27,14 +28,8 @@ using json = nlohmann::json;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using bench::median;
+using bench::seconds;
 
 const std::vector<std::string> kMethods{"metis", "dp", "uniform", "parameters"};
 
@@ -117,9 +112,7 @@ int main(int argc, char** argv) {
       for (const auto& method : kMethods) {
         PlanOptions o;
         o.stages = k;
-        const double t0 = now_s();
-        plans.push_back(plan_stages(proxy, costs, method, o));
-        plan_ms.push_back((now_s() - t0) * 1e3);
+        plan_ms.push_back(1e3 * seconds([&] { plans.push_back(plan_stages(proxy, costs, method, o)); }));
       }
       const auto measured = measure_plans(traced, proxy, batch, plans, repeats);
       for (size_t i = 0; i < plans.size(); ++i) {
@@ -163,9 +156,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < 3; ++r) {
       PlanOptions o;
       o.stages = big_stages;
-      const double t0 = now_s();
-      slowest = plan_stages(big_proxy, big_costs, method, o).slowest_stage_s();
-      t.push_back(now_s() - t0);
+      t.push_back(seconds([&] { slowest = plan_stages(big_proxy, big_costs, method, o).slowest_stage_s(); }));
     }
     std::printf("  %-10s %8.1f ms   (estimated slowest stage %.4f ms)\n", method.c_str(), median(t) * 1e3,
                 slowest * 1e3);

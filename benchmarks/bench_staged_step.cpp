@@ -5,10 +5,11 @@
 // rounds of the per-round time ratio. Writes JSON and prints a table.
 //
 //   build/bin/bench_staged_step [--threads 1] [--repeats 15] [--out FILE]
-#include "trine/partitioner/partition_method.h"
+#include "bench_timing.h"
 #include "trine/frontend/atomic_file.h"
 #include "trine/frontend/sequential_staged_model.h"
 #include "trine/launcher/example_models.h"
+#include "trine/partitioner/partition_method.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -20,20 +21,8 @@
 
 using namespace trine;
 
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-double seconds(const std::function<void()>& fn) {
-  const auto t0 = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
+using bench::median;
+using bench::seconds;
 
 int main(int argc, char** argv) {
   CLI::App app{"staged training step vs a plain LibTorch loop"};
