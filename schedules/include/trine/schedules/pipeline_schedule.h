@@ -1,0 +1,35 @@
+// Pipeline schedules as pure functions: (kind, stages p, microbatches m,
+// stage s) -> that stage's instruction list for one training step.
+//
+//   GPipe: every forward, then every backward. Stage s holds m microbatches.
+//   1F1B (PipeDream-flush): p-s-1 warm-up forwards, then one forward and one
+//     backward in turn, then the remaining backwards. Same bubble as GPipe,
+//     (p-1)/(m+p-1), but stage s holds at most min(p-s, m) microbatches.
+//
+// Transfers that happen back to back are emitted as one Communicate batch
+// (send activation + receive gradient, send gradient + receive activation), as
+// Megatron pairs them: with blocking point-to-point, two neighbours that both
+// sent first would otherwise wait on each other forever.
+#pragma once
+#include "trine/schedules/instruction.h"
+
+#include <string>
+#include <vector>
+
+namespace trine {
+
+enum class ScheduleKind { GPipe, OneFOneB };
+
+// "gpipe" | "1f1b"; throws listing the known names otherwise.
+ScheduleKind parse_schedule_kind(const std::string& name);
+std::string to_string(ScheduleKind kind);
+
+// Throws unless p >= 1, m >= 1 and 0 <= stage < p.
+std::vector<Instruction> gpipe_schedule(int stages, int microbatches, int stage);
+std::vector<Instruction> one_f_one_b_schedule(int stages, int microbatches, int stage);
+std::vector<Instruction> stage_schedule(ScheduleKind kind, int stages, int microbatches, int stage);
+
+// Every stage's list.
+std::vector<std::vector<Instruction>> pipeline_schedule(ScheduleKind kind, int stages, int microbatches);
+
+}  // namespace trine

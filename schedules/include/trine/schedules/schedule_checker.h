@@ -1,0 +1,45 @@
+// Proves a pipeline schedule without running a model. The schedule is played
+// with blocking point-to-point semantics (by default): a transfer completes
+// only when its peer has posted the matching one, and a Communicate batch
+// completes when all of its transfers have. Checked:
+//   - every microbatch is forwarded once and backwarded once per stage, a
+//     backward after its forward, ReduceGrads after the last backward and the
+//     optimizer step last;
+//   - every send has exactly one matching receive (same kind, microbatch and
+//     pair of stages), and data dependencies hold: a stage forwards only what
+//     it has received, sends only what it has computed;
+//   - the play finishes: no set of stages waits on each other (deadlock).
+// Violations throw with the stage, the instruction and what it waits for.
+#pragma once
+#include "trine/schedules/instruction.h"
+
+#include <vector>
+
+namespace trine {
+
+// Which stage sends activations to which. A chain (s -> s+1) by default;
+// pipelines cut from a DAG also send straight to later stages (skip values).
+struct StageTopology {
+  std::vector<std::vector<int>> consumers;  // stage -> later stages reading its outputs
+
+  static StageTopology chain(int stages);
+  int stages() const { return static_cast<int>(consumers.size()); }
+  std::vector<int> producers(int stage) const;
+};
+
+// Blocking: a send waits for its receive (NCCL, MPI_Ssend; the strict model).
+// Buffered: a send completes once posted and its receive finds it later
+// (Gloo's sends progress in the background; the executor waits for them at
+// the end of the step). Chains are proven blocking; pipelines with skip
+// transfers (stage i straight to i+2 or later) need buffered sends under 1F1B.
+enum class SendMode { Blocking, Buffered };
+
+struct ScheduleReport {
+  std::vector<int> peak_in_flight;  // per stage: most microbatches forwarded and not yet backwarded
+  int rounds = 0;                   // parallel rounds of the blocking play (a rough makespan)
+};
+
+ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
+                              const StageTopology& topology, SendMode mode = SendMode::Blocking);
+
+}  // namespace trine
