@@ -20,7 +20,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages. Only missing ones are installed.
 debs=(build-essential cmake ninja-build ccache git python3 python3-venv
-      libopenmpi-dev openmpi-bin libmetis-dev nlohmann-json3-dev libgtest-dev libcli11-dev)
+      libopenmpi-dev openmpi-bin libgloo-dev libmetis-dev nlohmann-json3-dev libgtest-dev libcli11-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -64,4 +64,11 @@ struct TrainStagedArgs {
 CLI::App* add_train_staged_command(CLI::App& app, TrainStagedArgs& args);
 int run_train_staged(const TrainStagedArgs& args);
 
+struct TrainArgs {
+  std::string config;
+  int64_t steps = 0;  // 0: the config's
+};
+CLI::App* add_train_command(CLI::App& app, TrainArgs& args);
+int run_train(const TrainArgs& args);
+
 }  // namespace trine::cli

@@ -1,10 +1,27 @@
 // The `trine` command: inspect a model, plan its pipeline stages, check a plan,
-// train it staged in one process.
+// train it staged in one process, or train it across processes (`train`).
 #include "commands.h"
+
+#include "trine/runtime/launch.h"
 
 #include <ATen/Parallel.h>
 
 #include <iostream>
+
+namespace {
+
+// " (rank 3)" when launched as one of several processes, so that every
+// rank's error can be told apart; "" for a single process.
+std::string rank_suffix() {
+  try {
+    const auto launch = trine::detect_launch();
+    if (launch.world_size > 1) return " (rank " + std::to_string(launch.rank) + ")";
+  } catch (...) {
+  }
+  return "";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace trine::cli;
@@ -20,10 +37,12 @@ int main(int argc, char** argv) {
   PlanCommandArgs plan_args;
   CheckPlanArgs check_args;
   TrainStagedArgs train_args;
+  TrainArgs dist_args;
   auto* inspect = add_inspect_command(app, inspect_args);
   auto* plan = add_plan_command(app, plan_args);
   auto* check = add_check_plan_command(app, check_args);
   auto* staged = add_train_staged_command(app, train_args);
+  auto* train = add_train_command(app, dist_args);
 
   try {
     app.parse(argc, argv);
@@ -42,11 +61,12 @@ int main(int argc, char** argv) {
     if (*plan) return run_plan(plan_args);
     if (*check) return run_check_plan(check_args);
     if (*staged) return run_train_staged(train_args);
+    if (*train) return run_train(dist_args);
   } catch (const c10::Error& e) {
-    std::cerr << "trine: error: " << e.what_without_backtrace() << "\n";
+    std::cerr << "trine: error" << rank_suffix() << ": " << e.what_without_backtrace() << std::endl;
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "trine: error: " << e.what() << "\n";
+    std::cerr << "trine: error" << rank_suffix() << ": " << e.what() << std::endl;
     return 1;
   }
   return 0;

@@ -1,0 +1,88 @@
+// Runs one pipeline stage's instruction list (schedules/) for a training
+// step: forwards and backwards of microbatches through the stage's graph,
+// activations and gradients exchanged with the stages that produce and read
+// them, data-parallel gradient averaging overlapped with the last backward,
+// and the sum of tied parameters' gradients across the stages holding them.
+//
+// Each rank holds its own copy of its stage's parameters (created from the
+// traced model's tensors); tied copies stay identical because their gradients
+// are summed before every optimizer step.
+#pragma once
+#include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/stage_split.h"
+#include "trine/frontend/traced_model.h"
+#include "trine/runtime/communicator.h"
+#include "trine/runtime/gradient_buckets.h"
+#include "trine/schedules/instruction.h"
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+namespace trine {
+
+struct ExecutorGroups {
+  Communicator* pp = nullptr;               // group rank == stage
+  Communicator* dp = nullptr;               // this stage's replicas
+  std::map<int, Communicator*> tied;        // parameter id -> the stages (same replica) that hold it
+};
+
+struct ExecutorOptions {
+  int microbatches = 1;
+  uint64_t seed = 0;
+  int64_t bucket_bytes = 1 << 20;
+  c10::Device device = c10::kCPU;
+};
+
+class PipelineExecutor {
+ public:
+  // `stages`: every stage's program (the topology comes from all of them);
+  // this rank runs `stage` with `program`.
+  PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages, int stage,
+                   std::vector<Instruction> program, ExecutorGroups groups, ExecutorOptions options);
+  ~PipelineExecutor();
+
+  // One step over this replica's batch (every input and target split along
+  // dim 0 into the microbatches). `first_microbatch` numbers them globally,
+  // for dropout seeds. `optimizer_step` runs at the OptimizerStep instruction.
+  // Returns the mean loss of the microbatches on the last stage, 0 elsewhere.
+  double run_step(const SampleBatch& batch, int64_t first_microbatch, const std::function<void()>& optimizer_step);
+
+  // Mean loss of this step's microbatches forwarded so far (last stage; 0 elsewhere).
+  double mean_loss() const { return is_last_stage() ? loss_sum_ / options_.microbatches : 0.0; }
+  int stage() const { return stage_; }
+  bool is_last_stage() const { return stage_ + 1 == static_cast<int>(stages_.size()); }
+  const StageProgram& program() const { return stages_[stage_]; }
+  // This stage's trainable parameter copies, and whether this stage is the
+  // first holder of each (the one that counts it in the global norm).
+  const std::vector<torch::Tensor>& parameters() const { return trainable_; }
+  const std::vector<bool>& owns() const { return owned_; }
+  // The copy of parameter `id` (ProxyGraph parameter id) held here, or undefined.
+  torch::Tensor parameter(int id) const;
+  const GradientBuckets& buckets() const { return *buckets_; }
+
+ private:
+  struct Microbatch;
+  void forward(int mb, const SampleBatch& batch, int64_t first_microbatch);
+  void backward(int mb);
+  void communicate(const Instruction& ins);
+  void reduce_grads();
+
+  std::vector<StageProgram> stages_;
+  int stage_;
+  std::vector<Instruction> program_;
+  ExecutorGroups groups_;
+  ExecutorOptions options_;
+  std::map<int, torch::Tensor> held_;  // parameter id -> copy
+  std::vector<torch::Tensor> trainable_;
+  std::vector<bool> owned_;
+  // Transfers: per peer stage, the positions (inputs or outputs) in value order.
+  std::vector<std::pair<int, std::vector<int>>> recv_from_, send_to_;
+  std::map<int, std::unique_ptr<Microbatch>> live_;
+  std::unique_ptr<GradientBuckets> buckets_;
+  int last_backward_ = -1;  // instruction index of the step's final backward
+  double loss_sum_ = 0;
+};
+
+}  // namespace trine

@@ -1,0 +1,71 @@
+// Everything the trainer needs to know besides the model: the layout, the
+// batch, the schedule, partitioning, optimizer, learning-rate schedule,
+// logging and checkpoints. Read from JSON strictly (docs/config.md lists
+// every key); `check()` validates values against each other.
+#pragma once
+#include "trine/runtime/json_reader.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trine {
+
+struct ParallelConfig {
+  int dp = 1, pp = 1, tp = 1;
+  std::string order = "tp-dp-pp";  // innermost dimension first
+};
+
+struct PartitionConfig {
+  std::string method = "metis";   // metis | dp | uniform | parameters | manual
+  bool profile = false;           // measure layer costs here (rank 0) instead of analytic FLOPs
+  int64_t memory_limit_bytes = 0; // per stage; 0: none
+  std::vector<std::string> starts;  // manual: first layer of every stage
+};
+
+struct OptimizerConfig {
+  std::string name = "adamw";  // adamw | sgd
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adamw
+  double momentum = 0.0;                           // sgd
+  double grad_clip = 1.0;  // max global gradient norm; 0 turns clipping off
+};
+
+struct LrScheduleConfig {
+  int64_t warmup_steps = 0;     // linear from lr/warmup to lr
+  std::string decay = "cosine"; // cosine | constant
+  double min_lr = 0.0;          // where cosine ends
+  int64_t total_steps = 0;      // where cosine reaches min_lr; 0: the run's steps
+};
+
+struct TrainConfig {
+  ParallelConfig parallel;
+  int64_t global_batch = 0;  // samples per step over all replicas; 0: the sample batch's size
+  int microbatches = 1;      // per replica and step
+  std::string schedule = "1f1b";  // gpipe | 1f1b
+  PartitionConfig partition;
+  OptimizerConfig optimizer;
+  LrScheduleConfig lr_schedule;
+  int64_t steps = 100;
+  uint64_t seed = 0;              // dropout masks and planning
+  std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
+  double timeout_s = 60;          // every wait on a peer
+  int64_t bucket_bytes = 1 << 20; // data-parallel gradient bucket size
+  int64_t log_every = 10;         // progress line on rank 0 every N steps (0: never)
+  std::string checkpoint_dir;     // where fit() saves parameters; empty: nowhere
+  int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
+
+  // Reads the keys above from `r` (nested objects "parallel", "partition",
+  // "optimizer", "lr_schedule", "logging", "checkpoint"); the caller finishes `r`.
+  static TrainConfig read(JsonObjectReader& r);
+  static TrainConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
+  // Throws naming the key and the fix for values that cannot work.
+  void check() const;
+};
+
+// Learning rate at `step` (0-based): linear warm-up, then cosine decay to
+// min_lr at total_steps (or constant).
+double learning_rate(const OptimizerConfig& opt, const LrScheduleConfig& sched, int64_t step, int64_t run_steps);
+
+}  // namespace trine

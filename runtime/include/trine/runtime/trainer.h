@@ -1,0 +1,71 @@
+// The one-line API: a user's model, a loss, a sample batch and a config
+// become a 3D-parallel trainer.
+//
+//   trine::Trainer trainer(module, loss, sample, config);
+//   double loss = trainer.step(batch);          // one optimizer step
+//   trainer.fit([](int64_t step) { return my_batch(step); });
+//
+// Run the same program on every process (mpirun, torchrun, Slurm, or alone).
+// Every rank passes the same global batch to step(); each data-parallel
+// replica takes its rows (dim 0), splits them into microbatches, and runs its
+// pipeline stage. The returned loss is the mean over the global batch, equal
+// on every rank. The model is traced once on a microbatch of the sample, so
+// every later batch must have the sample's shapes.
+#pragma once
+#include "trine/frontend/trace.h"
+#include "trine/runtime/process_grid.h"
+#include "trine/runtime/train_config.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace trine {
+
+class StagePlan;
+
+struct FitReport {
+  std::vector<double> losses;  // per step run
+  double seconds = 0;
+  double samples_per_second = 0;
+  double flops_per_second = 0;  // achieved, over all ranks (3x forward FLOPs per sample)
+};
+
+class Trainer {
+ public:
+  Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config);
+  Trainer(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  double step(const SampleBatch& global_batch);
+  // Steps from the current one up to `steps` (default: config.steps), printing
+  // a progress line on rank 0 (step, loss, learning rate, samples/s, FLOP/s),
+  // saving parameters to config.checkpoint_dir if set.
+  FitReport fit(const std::function<SampleBatch(int64_t step)>& data, int64_t steps = -1);
+
+  int rank() const;
+  int world_size() const;
+  const ProcessGrid& grid() const;
+  int stage() const;     // this rank's pipeline stage
+  int replica() const;   // this rank's data-parallel index
+  int64_t steps_done() const;
+  const StagePlan& plan() const;
+  const TrainConfig& config() const;
+  double forward_flops_per_sample() const;
+  // This rank's copy of a named parameter (or alias); undefined when its stage does not hold it.
+  torch::Tensor parameter(const std::string& name) const;
+  // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only),
+  // through a temporary file renamed into place.
+  void save_checkpoint(const std::string& dir) const;
+
+ private:
+  struct Impl;
+  void init(const std::function<TracedModel(const SampleBatch&)>& tracer, const SampleBatch& sample,
+            const TrainConfig& config);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace trine

@@ -1,0 +1,253 @@
+#include "trine/runtime/pipeline_executor.h"
+
+#include <algorithm>
+
+namespace trine {
+
+namespace {
+
+uint32_t tag_of(int mb, bool grad, int slot) {
+  TORCH_CHECK(slot < 1024, "a stage exchanges more than 1024 tensors with one peer");
+  return (static_cast<uint32_t>(mb) * 2 + (grad ? 1 : 0)) * 1024 + static_cast<uint32_t>(slot);
+}
+
+std::string describe(bool grad, int mb) {
+  return std::string(grad ? "the gradient" : "the activation") + " of microbatch " + std::to_string(mb);
+}
+
+torch::Tensor microbatch_slice(const torch::Tensor& t, int mb, int m, const char* kind, int index) {
+  TORCH_CHECK(t.dim() >= 1 && t.size(0) % m == 0, kind, " ", index, " has ", t.dim() ? t.size(0) : 0,
+              " rows, which do not split into ", m, " equal microbatches");
+  const int64_t rows = t.size(0) / m;
+  return t.narrow(0, mb * rows, rows);
+}
+
+}  // namespace
+
+struct PipelineExecutor::Microbatch {
+  std::vector<torch::Tensor> inputs;          // per stage input: received activations (leaves), else undefined
+  std::vector<torch::Tensor> outputs;
+  std::map<int, torch::Tensor> output_grads;  // output index -> gradient summed over its readers
+  std::map<int, torch::Tensor> input_grads;   // input index -> gradient to send back
+};
+
+PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages,
+                                   int stage, std::vector<Instruction> program, ExecutorGroups groups,
+                                   ExecutorOptions options)
+    : stages_(std::move(stages)), stage_(stage), program_(std::move(program)), groups_(groups), options_(options) {
+  const StageProgram& me = stages_.at(stage_);
+  std::map<int, int> first_holder;  // parameter id -> first stage holding it
+  for (const auto& s : stages_)
+    for (int p : s.params) first_holder.emplace(p, s.stage);
+  {
+    torch::NoGradGuard no_grad;
+    for (int p : me.params) {
+      const torch::Tensor& orig = model.inputs.at(proxy.params[p].value).value;
+      held_[p] = orig.detach().to(options_.device).clone().requires_grad_(orig.requires_grad());
+    }
+  }
+  // Gradients become final last layer first: bucket them in reverse.
+  for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
+    if (held_[*it].requires_grad()) {
+      trainable_.push_back(held_[*it]);
+      owned_.push_back(first_holder[*it] == stage_);
+    }
+  buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
+
+  // Who sends what to whom, each list in value-id order on both sides.
+  std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer -> (value, position)
+  for (size_t i = 0; i < me.inputs.size(); ++i)
+    if (me.inputs[i].kind == StageInput::Kind::Activation)
+      from[me.inputs[i].from_stage].emplace_back(me.inputs[i].value, static_cast<int>(i));
+  for (size_t o = 0; o < me.outputs.size(); ++o)
+    for (int c : me.outputs[o].to_stages) to[c].emplace_back(me.outputs[o].value, static_cast<int>(o));
+  auto positions = [](std::map<int, std::vector<std::pair<int, int>>>& m) {
+    std::vector<std::pair<int, std::vector<int>>> out;
+    for (auto& [peer, list] : m) {
+      std::sort(list.begin(), list.end());
+      std::vector<int> pos;
+      for (auto& [v, p] : list) pos.push_back(p);
+      out.emplace_back(peer, pos);
+    }
+    return out;
+  };
+  recv_from_ = positions(from);
+  send_to_ = positions(to);
+  for (size_t i = 0; i < program_.size(); ++i)
+    if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
+}
+
+PipelineExecutor::~PipelineExecutor() = default;
+
+torch::Tensor PipelineExecutor::parameter(int id) const {
+  auto it = held_.find(id);
+  return it == held_.end() ? torch::Tensor() : it->second;
+}
+
+double PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
+                                  const std::function<void()>& optimizer_step) {
+  loss_sum_ = 0;
+  for (size_t i = 0; i < program_.size(); ++i) {
+    const Instruction& ins = program_[i];
+    switch (ins.op) {
+      case Instruction::Op::Forward: forward(ins.microbatch, batch, first_microbatch); break;
+      case Instruction::Op::Backward:
+        if (static_cast<int>(i) == last_backward_) buckets_->arm();
+        backward(ins.microbatch);
+        break;
+      case Instruction::Op::Communicate: communicate(ins); break;
+      case Instruction::Op::ReduceGrads: reduce_grads(); break;
+      case Instruction::Op::OptimizerStep: optimizer_step(); break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
+  return is_last_stage() ? loss_sum_ / options_.microbatches : 0.0;
+}
+
+void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch) {
+  const StageProgram& me = stages_[stage_];
+  auto& state = live_[mb];
+  if (!state) state = std::make_unique<Microbatch>();
+  state->inputs.resize(me.inputs.size());
+  const int m = options_.microbatches;
+  std::vector<c10::IValue> in;
+  in.reserve(me.inputs.size());
+  for (size_t i = 0; i < me.inputs.size(); ++i) {
+    const StageInput& si = me.inputs[i];
+    switch (si.kind) {
+      case StageInput::Kind::Activation:
+        TORCH_INTERNAL_ASSERT(state->inputs[i].defined(), "stage ", stage_, " forwards microbatch ", mb,
+                              " without its input from stage ", si.from_stage);
+        in.emplace_back(state->inputs[i]);
+        break;
+      case StageInput::Kind::Data:
+        in.emplace_back(microbatch_slice(batch.inputs.at(si.index), mb, m, "input", si.index).to(options_.device));
+        break;
+      case StageInput::Kind::Target:
+        in.emplace_back(microbatch_slice(batch.targets.at(si.index), mb, m, "target", si.index).to(options_.device));
+        break;
+      case StageInput::Kind::Parameter: in.emplace_back(held_.at(si.index)); break;
+    }
+  }
+  const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
+  auto result = me.runner.run(std::move(in), rng);
+  state->outputs.clear();
+  for (size_t o = 0; o < me.outputs.size(); ++o) {
+    state->outputs.push_back(result[o].toTensor());
+    if (me.outputs[o].model_output == 0) loss_sum_ += state->outputs.back().detach().item<double>();
+  }
+}
+
+void PipelineExecutor::backward(int mb) {
+  const StageProgram& me = stages_[stage_];
+  auto it = live_.find(mb);
+  TORCH_INTERNAL_ASSERT(it != live_.end(), "backward of microbatch ", mb, " that was not forwarded");
+  Microbatch& state = *it->second;
+  std::vector<torch::Tensor> roots, grads;
+  for (size_t o = 0; o < me.outputs.size(); ++o) {
+    const torch::Tensor& t = state.outputs[o];
+    if (!t.requires_grad()) continue;
+    if (me.outputs[o].model_output == 0) {
+      // The step's loss is the mean over microbatches (and replicas: dp averages).
+      roots.push_back(t);
+      grads.push_back(torch::full_like(t, 1.0 / options_.microbatches));
+    } else if (auto g = state.output_grads.find(static_cast<int>(o)); g != state.output_grads.end()) {
+      roots.push_back(t);
+      grads.push_back(g->second);
+    }
+  }
+  if (!roots.empty()) torch::autograd::backward(roots, grads);
+  for (size_t i = 0; i < me.inputs.size(); ++i) {
+    const torch::Tensor& leaf = state.inputs[i];
+    if (me.inputs[i].kind != StageInput::Kind::Activation || !leaf.requires_grad()) continue;
+    state.input_grads[static_cast<int>(i)] = leaf.grad().defined() ? leaf.grad() : torch::zeros_like(leaf);
+  }
+  state.outputs.clear();
+  state.output_grads.clear();
+  state.inputs.clear();
+  // A stage that receives nothing sends no gradients back: the microbatch ends here.
+  if (recv_from_.empty()) live_.erase(it);
+}
+
+void PipelineExecutor::communicate(const Instruction& ins) {
+  Communicator& pp = *groups_.pp;
+  std::vector<RecvRequest> requests;
+  struct Target {
+    int mb;
+    bool grad;
+    int position;  // input index (activation) or output index (gradient)
+  };
+  std::vector<Target> targets;
+  auto state_of = [&](int mb) -> Microbatch& {
+    auto& s = live_[mb];
+    if (!s) s = std::make_unique<Microbatch>();
+    return *s;
+  };
+  for (const Transfer& t : ins.transfers) {
+    const int mb = t.microbatch;
+    switch (t.kind) {
+      case Transfer::Kind::SendAct:
+        for (const auto& [peer, outs] : send_to_)
+          for (size_t k = 0; k < outs.size(); ++k)
+            pp.post_send(state_of(mb).outputs.at(outs[k]), peer, tag_of(mb, false, static_cast<int>(k)),
+                         describe(false, mb));
+        break;
+      case Transfer::Kind::RecvAct:
+        for (const auto& [peer, ins_] : recv_from_)
+          for (size_t k = 0; k < ins_.size(); ++k) {
+            requests.push_back({peer, tag_of(mb, false, static_cast<int>(k)), describe(false, mb)});
+            targets.push_back({mb, false, ins_[k]});
+          }
+        break;
+      case Transfer::Kind::SendGrad:
+        for (const auto& [peer, ins_] : recv_from_) {
+          auto& s = state_of(mb);
+          int slot = 0;
+          for (int pos : ins_) {
+            auto g = s.input_grads.find(pos);
+            if (g != s.input_grads.end()) pp.post_send(g->second, peer, tag_of(mb, true, slot), describe(true, mb));
+            ++slot;
+          }
+        }
+        break;
+      case Transfer::Kind::RecvGrad:
+        for (const auto& [peer, outs] : send_to_) {
+          auto& s = state_of(mb);
+          for (size_t k = 0; k < outs.size(); ++k)
+            if (s.outputs.at(outs[k]).requires_grad()) {
+              requests.push_back({peer, tag_of(mb, true, static_cast<int>(k)), describe(true, mb)});
+              targets.push_back({mb, true, outs[k]});
+            }
+        }
+        break;
+    }
+  }
+  auto received = pp.receive(requests);
+  for (size_t r = 0; r < received.size(); ++r) {
+    Microbatch& s = state_of(targets[r].mb);
+    if (!targets[r].grad) {
+      s.inputs.resize(stages_[stage_].inputs.size());
+      s.inputs[targets[r].position] = received[r];
+    } else {
+      auto& g = s.output_grads[targets[r].position];
+      g = g.defined() ? g + received[r] : received[r];
+    }
+  }
+  // A gradient sent is not needed again; drop the microbatch once both ways are done.
+  for (const Transfer& t : ins.transfers)
+    if (t.kind == Transfer::Kind::SendGrad) live_.erase(t.microbatch);
+}
+
+void PipelineExecutor::reduce_grads() {
+  buckets_->finish();
+  torch::NoGradGuard no_grad;
+  for (auto& [param, group] : groups_.tied) {
+    auto& p = held_.at(param);
+    if (!p.requires_grad()) continue;
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    group->allreduce_sum(p.mutable_grad());
+  }
+  groups_.pp->wait_sends();
+}
+
+}  // namespace trine

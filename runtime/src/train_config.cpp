@@ -1,0 +1,108 @@
+#include "trine/runtime/train_config.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace trine {
+
+TrainConfig TrainConfig::read(JsonObjectReader& r) {
+  TrainConfig c;
+  {
+    auto p = r.object("parallel");
+    c.parallel.dp = p.get("dp", c.parallel.dp);
+    c.parallel.pp = p.get("pp", c.parallel.pp);
+    c.parallel.tp = p.get("tp", c.parallel.tp);
+    c.parallel.order = p.get("order", c.parallel.order);
+    p.finish();
+  }
+  c.global_batch = r.get("global_batch", c.global_batch);
+  c.microbatches = r.get("microbatches", c.microbatches);
+  c.schedule = r.get("schedule", c.schedule);
+  {
+    auto p = r.object("partition");
+    c.partition.method = p.get("method", c.partition.method);
+    c.partition.profile = p.get("profile", c.partition.profile);
+    c.partition.memory_limit_bytes = p.get("memory_limit_bytes", c.partition.memory_limit_bytes);
+    c.partition.starts = p.get("starts", c.partition.starts);
+    p.finish();
+  }
+  {
+    auto o = r.object("optimizer");
+    c.optimizer.name = o.get("name", c.optimizer.name);
+    c.optimizer.lr = o.get("lr", c.optimizer.lr);
+    c.optimizer.weight_decay = o.get("weight_decay", c.optimizer.weight_decay);
+    c.optimizer.beta1 = o.get("beta1", c.optimizer.beta1);
+    c.optimizer.beta2 = o.get("beta2", c.optimizer.beta2);
+    c.optimizer.eps = o.get("eps", c.optimizer.eps);
+    c.optimizer.momentum = o.get("momentum", c.optimizer.momentum);
+    c.optimizer.grad_clip = o.get("grad_clip", c.optimizer.grad_clip);
+    o.finish();
+  }
+  {
+    auto s = r.object("lr_schedule");
+    c.lr_schedule.warmup_steps = s.get("warmup_steps", c.lr_schedule.warmup_steps);
+    c.lr_schedule.decay = s.get("decay", c.lr_schedule.decay);
+    c.lr_schedule.min_lr = s.get("min_lr", c.lr_schedule.min_lr);
+    c.lr_schedule.total_steps = s.get("total_steps", c.lr_schedule.total_steps);
+    s.finish();
+  }
+  c.steps = r.get("steps", c.steps);
+  c.seed = static_cast<uint64_t>(r.get("seed", static_cast<int64_t>(c.seed)));
+  c.device = r.get("device", c.device);
+  c.timeout_s = r.get("timeout_s", c.timeout_s);
+  c.bucket_bytes = r.get("bucket_bytes", c.bucket_bytes);
+  {
+    auto l = r.object("logging");
+    c.log_every = l.get("every", c.log_every);
+    l.finish();
+  }
+  {
+    auto k = r.object("checkpoint");
+    c.checkpoint_dir = k.get("dir", c.checkpoint_dir);
+    c.checkpoint_every = k.get("every", c.checkpoint_every);
+    k.finish();
+  }
+  return c;
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  JsonObjectReader r(j, "config");
+  TrainConfig c = read(r);
+  r.finish();
+  return c;
+}
+
+void TrainConfig::check() const {
+  TORCH_CHECK(parallel.tp == 1, "config.parallel.tp is ", parallel.tp,
+              ", but tensor parallelism is not implemented yet: use tp = 1");
+  TORCH_CHECK(global_batch >= 0, "config.global_batch must be positive (or 0: the sample's batch size)");
+  TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
+  TORCH_CHECK(schedule == "gpipe" || schedule == "1f1b", "config.schedule '", schedule,
+              "' is unknown; use \"gpipe\" or \"1f1b\"");
+  TORCH_CHECK(optimizer.name == "adamw" || optimizer.name == "sgd", "config.optimizer.name '", optimizer.name,
+              "' is unknown; use \"adamw\" or \"sgd\"");
+  TORCH_CHECK(optimizer.lr > 0, "config.optimizer.lr must be positive, got ", optimizer.lr);
+  TORCH_CHECK(optimizer.grad_clip >= 0, "config.optimizer.grad_clip must be >= 0 (0: no clipping)");
+  TORCH_CHECK(lr_schedule.decay == "cosine" || lr_schedule.decay == "constant", "config.lr_schedule.decay '",
+              lr_schedule.decay, "' is unknown; use \"cosine\" or \"constant\"");
+  TORCH_CHECK(lr_schedule.warmup_steps >= 0 && lr_schedule.total_steps >= 0 && lr_schedule.min_lr >= 0,
+              "config.lr_schedule values must not be negative");
+  TORCH_CHECK(steps >= 1, "config.steps must be at least 1, got ", steps);
+  TORCH_CHECK(device == "cpu" || device == "cuda", "config.device '", device, "' is unknown; use \"cpu\" or \"cuda\"");
+  TORCH_CHECK(timeout_s > 0, "config.timeout_s must be positive, got ", timeout_s);
+  TORCH_CHECK(bucket_bytes > 0, "config.bucket_bytes must be positive, got ", bucket_bytes);
+  TORCH_CHECK(log_every >= 0 && checkpoint_every >= 0, "config.logging.every and config.checkpoint.every must be >= 0");
+}
+
+double learning_rate(const OptimizerConfig& opt, const LrScheduleConfig& sched, int64_t step, int64_t run_steps) {
+  const int64_t warmup = sched.warmup_steps;
+  if (step < warmup) return opt.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (sched.decay == "constant") return opt.lr;
+  const int64_t total = sched.total_steps > 0 ? sched.total_steps : run_steps;
+  const double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / span);
+  return sched.min_lr + 0.5 * (opt.lr - sched.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace trine

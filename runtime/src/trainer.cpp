@@ -1,0 +1,308 @@
+#include "trine/runtime/trainer.h"
+
+#include "trine/frontend/atomic_file.h"
+#include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/stage_split.h"
+#include "trine/partitioner/cost_model.h"
+#include "trine/partitioner/profiler.h"
+#include "trine/partitioner/stage_plan.h"
+#include "trine/runtime/communicator.h"
+#include "trine/runtime/distributed_session.h"
+#include "trine/runtime/pipeline_executor.h"
+#include "trine/schedules/pipeline_schedule.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+namespace trine {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Rows [begin, begin + rows) of every input and target.
+SampleBatch rows_of(const SampleBatch& b, int64_t begin, int64_t rows) {
+  SampleBatch out;
+  for (const auto& t : b.inputs) out.inputs.push_back(t.narrow(0, begin, rows));
+  for (const auto& t : b.targets) out.targets.push_back(t.narrow(0, begin, rows));
+  return out;
+}
+
+int64_t rows_in(const SampleBatch& b) {
+  TORCH_CHECK(!b.inputs.empty() && b.inputs[0].dim() >= 1, "a batch needs at least one input with a batch dimension");
+  const int64_t n = b.inputs[0].size(0);
+  for (const auto* list : {&b.inputs, &b.targets})
+    for (const auto& t : *list)
+      TORCH_CHECK(t.dim() >= 1 && t.size(0) == n, "every input and target of a batch must have the same number of ",
+                  "rows (dim 0); found ", n, " and ", t.dim() ? t.size(0) : 0);
+  return n;
+}
+
+}  // namespace
+
+struct Trainer::Impl {
+  TrainConfig config;
+  DistributedSession* session = nullptr;
+  std::unique_ptr<ProcessGrid> grid;
+  int rank = 0, stage = 0, replica = 0;
+  int64_t global_batch = 0, micro_rows = 0;
+  TracedModel traced;
+  ProxyGraph proxy;
+  std::unique_ptr<StagePlan> plan;
+  std::unique_ptr<Communicator> world, dp, pp;
+  std::vector<std::unique_ptr<Communicator>> tied_groups;
+  std::unique_ptr<PipelineExecutor> executor;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  int64_t step = 0;
+  double last_loss = 0;
+
+  void optimizer_step();
+};
+
+Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
+    : impl_(std::make_unique<Impl>()) {
+  init([&](const SampleBatch& mb) { return trace(module, loss, mb); }, sample, config);
+}
+
+Trainer::Trainer(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
+    : impl_(std::make_unique<Impl>()) {
+  init([&](const SampleBatch& mb) { return trace(module, loss, mb); }, sample, config);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer, const SampleBatch& sample,
+                   const TrainConfig& config) {
+  Impl& m = *impl_;
+  config.check();
+  m.config = config;
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
+  const auto& par = config.parallel;
+  // The grid is checked against the launcher's world size before connecting,
+  // so that a wrong size fails on every rank at once.
+  m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
+  m.session = &DistributedSession::get(timeout);
+  const LaunchInfo& launch = m.session->launch;
+  m.rank = launch.rank;
+  m.stage = m.grid->coord(m.rank, Dim::PP);
+  m.replica = m.grid->coord(m.rank, Dim::DP);
+
+  const int64_t sample_rows = rows_in(sample);
+  m.global_batch = config.global_batch > 0 ? config.global_batch : sample_rows;
+  const int64_t parts = static_cast<int64_t>(par.dp) * config.microbatches;
+  TORCH_CHECK(m.global_batch % parts == 0, "global batch ", m.global_batch, " does not split into dp (", par.dp,
+              ") x microbatches (", config.microbatches, ") = ", parts, " equal microbatches: make it a multiple of ",
+              parts);
+  m.micro_rows = m.global_batch / parts;
+  TORCH_CHECK(sample_rows >= m.micro_rows, "the sample batch has ", sample_rows, " rows, fewer than one microbatch (",
+              m.micro_rows, ")");
+
+  c10::Device device(c10::kCPU);
+  if (config.device == "cuda") {
+    TORCH_CHECK(torch::cuda::is_available(), "config.device is \"cuda\" but no CUDA device is available here");
+    device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank % torch::cuda::device_count()));
+  }
+
+  // Every rank traces the same model on the same microbatch: identical graphs.
+  m.traced = tracer(rows_of(sample, 0, m.micro_rows));
+  TORCH_CHECK(m.traced.has_loss, "the trainer needs a loss function");
+  m.proxy = build_proxy_graph(m.traced);
+
+  // Rank 0 plans and publishes the plan (or its error) so that every rank
+  // uses the same one even when planning measures this machine.
+  const std::string prefix = m.session->next_prefix();
+  auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
+  if (m.rank == 0) {
+    std::string published;
+    try {
+      PlanOptions o;
+      o.stages = par.pp;
+      o.memory_limit_bytes = config.partition.memory_limit_bytes;
+      o.pipeline.schedule =
+          config.schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
+      o.pipeline.microbatches = config.microbatches;
+      o.seed = config.seed;
+      o.manual_starts = config.partition.starts;
+      CostModel costs = config.partition.profile
+                            ? profile_layers(m.traced, m.proxy, rows_of(sample, 0, m.micro_rows))
+                            : analytic_costs(m.proxy);
+      const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
+      published = "plan:" + plan_stages(m.proxy, costs, method, o).to_json().dump();
+    } catch (const c10::Error& e) {
+      published = std::string("error:") + e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      published = std::string("error:") + e.what();
+    }
+    store->set("plan", published);
+  }
+  const auto bytes = store->get("plan");
+  const std::string text(bytes.begin(), bytes.end());
+  TORCH_CHECK(text.rfind("error:", 0) != 0, "planning failed on rank 0: ", text.substr(6));
+  m.plan = std::make_unique<StagePlan>(StagePlan::from_json(nlohmann::json::parse(text.substr(5))));
+  auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
+
+  // Groups, created in the same order on every rank (construction blocks
+  // until all members arrive): world, data-parallel, pipeline, tied.
+  std::vector<int> all(launch.world_size);
+  for (int r = 0; r < launch.world_size; ++r) all[r] = r;
+  auto group_name = [&](const std::string& kind, const std::vector<int>& ranks) {
+    std::string n = prefix + "/" + kind;
+    for (int r : ranks) n += "-" + std::to_string(r);
+    return n;
+  };
+  auto make_group = [&](const std::string& kind, const std::vector<int>& ranks) {
+    return ranks.size() == 1 ? std::make_unique<Communicator>()
+                             : std::make_unique<Communicator>(m.session->store, group_name(kind, ranks), ranks, m.rank,
+                                                              device, timeout);
+  };
+  m.world = make_group("world", all);
+  m.dp = make_group("dp", m.grid->group(m.rank, Dim::DP));
+  m.pp = make_group("pp", m.grid->group(m.rank, Dim::PP));
+  std::map<std::vector<int>, std::vector<int>> tied;  // holding stages -> parameter ids
+  for (size_t p = 0; p < m.proxy.params.size(); ++p) {
+    std::vector<int> holders;
+    for (const auto& s : stages)
+      if (std::count(s.params.begin(), s.params.end(), static_cast<int>(p))) holders.push_back(s.stage);
+    if (holders.size() > 1 && m.proxy.params[p].requires_grad) tied[holders].push_back(static_cast<int>(p));
+  }
+  ExecutorGroups groups{m.pp.get(), m.dp.get(), {}};
+  for (const auto& [holders, params] : tied) {
+    if (!std::count(holders.begin(), holders.end(), m.stage)) continue;
+    std::vector<int> ranks;
+    for (int s : holders) ranks.push_back(m.grid->rank_of(m.replica, s, m.grid->coord(m.rank, Dim::TP)));
+    m.tied_groups.push_back(make_group("tied", ranks));
+    for (int p : params) groups.tied[p] = m.tied_groups.back().get();
+  }
+
+  ExecutorOptions eo;
+  eo.microbatches = config.microbatches;
+  eo.seed = config.seed;
+  eo.bucket_bytes = config.bucket_bytes;
+  eo.device = device;
+  auto program = stage_schedule(parse_schedule_kind(config.schedule), par.pp, config.microbatches, m.stage);
+  m.executor = std::make_unique<PipelineExecutor>(m.traced, m.proxy, std::move(stages), m.stage, std::move(program),
+                                                  groups, eo);
+
+  const auto& o = config.optimizer;
+  const auto& params = m.executor->parameters();
+  if (o.name == "adamw")
+    m.optimizer = std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay));
+  else
+    m.optimizer = std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  // Everyone is ready before the first step (and a missing rank shows here).
+  m.world->barrier();
+}
+
+// Clip by the global norm (each parameter counted once: by its first holder,
+// in one replica's worth), then step. One all-reduce over every rank carries
+// both the squared norm and the step's loss.
+void Trainer::Impl::optimizer_step() {
+  torch::NoGradGuard no_grad;
+  const auto& params = executor->parameters();
+  const auto& owns = executor->owns();
+  double sq = 0;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (owns[i] && params[i].grad().defined()) sq += params[i].grad().to(torch::kFloat64).pow(2).sum().item<double>();
+  const double replicas = config.parallel.dp;
+  auto both = torch::tensor({executor->mean_loss() / replicas, sq / replicas}, torch::kFloat64);
+  if (world->size() > 1) {
+    auto on_device = both.to(executor->parameters().empty() ? c10::Device(c10::kCPU)
+                                                            : executor->parameters()[0].device());
+    world->allreduce_sum(on_device);
+    both = on_device.cpu();
+  }
+  last_loss = both[0].item<double>();
+  const double norm = std::sqrt(both[1].item<double>());
+  if (config.optimizer.grad_clip > 0) {
+    const double coef = config.optimizer.grad_clip / (norm + 1e-6);
+    if (coef < 1)
+      for (const auto& p : params)
+        if (p.grad().defined()) p.grad().mul_(coef);
+  }
+  const double lr = learning_rate(config.optimizer, config.lr_schedule, step, config.steps);
+  for (auto& group : optimizer->param_groups()) {
+    if (config.optimizer.name == "adamw")
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    else
+      static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+  }
+  optimizer->step();
+  optimizer->zero_grad(true);
+}
+
+double Trainer::step(const SampleBatch& global_batch) {
+  Impl& m = *impl_;
+  const int64_t rows = rows_in(global_batch);
+  TORCH_CHECK(rows == m.global_batch, "step() got a batch of ", rows, " rows; this trainer's global batch is ",
+              m.global_batch);
+  const int64_t per_replica = m.global_batch / m.config.parallel.dp;
+  const SampleBatch mine = rows_of(global_batch, m.replica * per_replica, per_replica);
+  const int64_t mbs = m.config.microbatches;
+  const int64_t first = (m.step * m.config.parallel.dp + m.replica) * mbs;
+  m.executor->run_step(mine, first, [&] { m.optimizer_step(); });
+  ++m.step;
+  return m.last_loss;
+}
+
+FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t steps) {
+  Impl& m = *impl_;
+  if (steps < 0) steps = m.config.steps;
+  FitReport report;
+  const auto t0 = Clock::now();
+  const int64_t start = m.step;
+  for (int64_t s = m.step; s < steps; ++s) {
+    report.losses.push_back(step(data(s)));
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    report.seconds = secs;
+    report.samples_per_second = static_cast<double>((s + 1 - start) * m.global_batch) / secs;
+    report.flops_per_second = report.samples_per_second * 3 * forward_flops_per_sample();
+    const bool last = s + 1 == steps;
+    if (m.rank == 0 && m.config.log_every > 0 && (s % m.config.log_every == 0 || last))
+      std::printf("step %5lld  loss %.4f  lr %.2e  %.1f samples/s  %.3f GFLOP/s\n", static_cast<long long>(s),
+                  report.losses.back(), learning_rate(m.config.optimizer, m.config.lr_schedule, s, m.config.steps),
+                  report.samples_per_second, report.flops_per_second / 1e9),
+          std::fflush(stdout);
+    if (!m.config.checkpoint_dir.empty() &&
+        (last || (m.config.checkpoint_every > 0 && (s + 1) % m.config.checkpoint_every == 0)))
+      save_checkpoint(m.config.checkpoint_dir);
+  }
+  return report;
+}
+
+void Trainer::save_checkpoint(const std::string& dir) const {
+  const Impl& m = *impl_;
+  if (m.replica != 0) return;
+  std::filesystem::create_directories(dir);
+  torch::serialize::OutputArchive archive;
+  for (int p : m.executor->program().params)
+    archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomically(dir + "/stage-" + std::to_string(m.stage) + ".pt", bytes.str());
+}
+
+int Trainer::rank() const { return impl_->rank; }
+int Trainer::world_size() const { return impl_->grid->world_size(); }
+const ProcessGrid& Trainer::grid() const { return *impl_->grid; }
+int Trainer::stage() const { return impl_->stage; }
+int Trainer::replica() const { return impl_->replica; }
+int64_t Trainer::steps_done() const { return impl_->step; }
+const StagePlan& Trainer::plan() const { return *impl_->plan; }
+const TrainConfig& Trainer::config() const { return impl_->config; }
+double Trainer::forward_flops_per_sample() const {
+  return impl_->proxy.total_flops() / static_cast<double>(impl_->micro_rows);
+}
+
+torch::Tensor Trainer::parameter(const std::string& name) const {
+  const int p = impl_->proxy.find_param(name);
+  TORCH_CHECK(p >= 0, "the model has no parameter named '", name, "'");
+  return impl_->executor->parameter(p);
+}
+
+}  // namespace trine

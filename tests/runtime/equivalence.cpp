@@ -1,0 +1,146 @@
+// Multi-process equivalence check, run by ctest under mpirun or torchrun:
+// trains an example model with trine (given dp, pp, schedule, and each listed
+// microbatch count) and, on every rank, the same model and seed in one
+// process with plain LibTorch on the whole global batch. Every step's loss
+// and, after the last step, every parameter this rank holds must agree within
+// the tolerance. Exits 1 on any rank that disagrees (mpirun then fails).
+#include "../common/reference.h"
+#include "trine/runtime/trainer.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+using namespace trine;
+
+namespace {
+
+struct Args {
+  std::string model = "gpt";  // gpt | gpt_tied | skip
+  int dp = 1, pp = 1;
+  std::string schedule = "1f1b";
+  std::vector<int> microbatches{1, 4, 8};
+  int steps = 10;
+  int64_t global_batch = 16;
+  std::string optimizer = "adamw";
+  double tolerance = 1e-5;
+};
+
+ModelSpec spec_of(const Args& a) {
+  ModelSpec s = testing::small_gpt_spec(a.model == "gpt_tied");
+  if (a.model == "skip") {
+    s.name = "skip";
+    s.layers = 6;
+    s.hidden = 32;
+  }
+  s.batch = a.global_batch;
+  s.seed = 7;
+  return s;
+}
+
+TrainConfig config_of(const Args& a, int m) {
+  TrainConfig c;
+  c.parallel.dp = a.dp;
+  c.parallel.pp = a.pp;
+  c.global_batch = a.global_batch;
+  c.microbatches = m;
+  c.schedule = a.schedule;
+  c.optimizer.name = a.optimizer;
+  c.optimizer.lr = a.optimizer == "adamw" ? 3e-3 : 0.1;
+  c.optimizer.weight_decay = 0.01;
+  c.optimizer.momentum = 0.9;
+  c.optimizer.grad_clip = 0.5;  // small enough that clipping acts
+  c.lr_schedule.warmup_steps = 3;
+  c.steps = a.steps;
+  c.timeout_s = 60;
+  c.bucket_bytes = 4096;  // several buckets even for a small model
+  c.log_every = 0;
+  return c;
+}
+
+// Plain LibTorch: the whole global batch at once, same optimizer, clipping
+// and learning-rate schedule.
+std::vector<double> reference_run(ExampleModel& ref, const TrainConfig& c) {
+  std::vector<torch::Tensor> params;
+  for (auto& p : ref.ptr->parameters())
+    if (p.requires_grad()) params.push_back(p);
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  if (c.optimizer.name == "adamw")
+    opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.optimizer.lr)
+                                                            .weight_decay(c.optimizer.weight_decay));
+  else
+    opt = std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(c.optimizer.lr).momentum(c.optimizer.momentum).weight_decay(c.optimizer.weight_decay));
+  std::vector<double> losses;
+  for (int64_t step = 0; step < c.steps; ++step) {
+    losses.push_back(testing::eager_step(ref, ref.batch(step)).loss);
+    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
+    const double lr = learning_rate(c.optimizer, c.lr_schedule, step, c.steps);
+    for (auto& g : opt->param_groups()) {
+      if (c.optimizer.name == "adamw") static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+      else static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+    }
+    opt->step();
+  }
+  return losses;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"trine multi-process equivalence check"};
+  app.add_option("--model", a.model)->check(CLI::IsMember({"gpt", "gpt_tied", "skip"}));
+  app.add_option("--dp", a.dp);
+  app.add_option("--pp", a.pp);
+  app.add_option("--schedule", a.schedule);
+  app.add_option("--microbatches", a.microbatches)->delimiter(',');
+  app.add_option("--steps", a.steps);
+  app.add_option("--global-batch", a.global_batch);
+  app.add_option("--optimizer", a.optimizer);
+  app.add_option("--tolerance", a.tolerance);
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(1);
+  int failures = 0;
+  try {
+    for (int m : a.microbatches) {
+      const TrainConfig config = config_of(a, m);
+      ExampleModel model = make_example_model(spec_of(a));
+      Trainer trainer(model.module, model.loss, model.batch(0), config);
+      ExampleModel ref = make_example_model(spec_of(a));
+      const std::vector<double> expected = reference_run(ref, config);
+      double worst_loss = 0, worst_param = 0;
+      for (int step = 0; step < a.steps; ++step) {
+        const double loss = trainer.step(model.batch(step));
+        const double rel = std::abs(loss - expected[step]) / std::abs(expected[step]);
+        worst_loss = std::max(worst_loss, rel);
+        if (rel > a.tolerance) {
+          std::fprintf(stderr, "rank %d m=%d step %d: loss %.9f, single process %.9f (rel %.2e)\n", trainer.rank(), m,
+                       step, loss, expected[step], rel);
+          ++failures;
+        }
+      }
+      for (const auto& p : ref.ptr->named_parameters()) {
+        const torch::Tensor mine = trainer.parameter(p.key());
+        if (!mine.defined()) continue;
+        const double rel = testing::rel_diff(mine.cpu(), p.value().detach());
+        worst_param = std::max(worst_param, rel);
+        if (rel > a.tolerance) {
+          std::fprintf(stderr, "rank %d m=%d: parameter %s differs after %d steps (rel %.2e)\n", trainer.rank(), m,
+                       p.key().c_str(), a.steps, rel);
+          ++failures;
+        }
+      }
+      std::printf("rank %d (stage %d, replica %d) %s dp=%d pp=%d %s m=%d: %d steps, worst loss rel %.2e, worst "
+                  "parameter rel %.2e, first loss %.6f last %.6f\n",
+                  trainer.rank(), trainer.stage(), trainer.replica(), a.model.c_str(), a.dp, a.pp, a.schedule.c_str(), m,
+                  a.steps, worst_loss, worst_param, expected.front(), expected.back());
+    }
+  } catch (const c10::Error& e) {
+    std::cerr << "error: " << e.what_without_backtrace() << std::endl;
+    return 1;
+  }
+  if (failures) std::fprintf(stderr, "%d mismatches\n", failures);
+  return failures ? 1 : 0;
+}
