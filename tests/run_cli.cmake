@@ -1,10 +1,24 @@
-# Runs one command-line test: CMD (a ;-list) must exit with RC and print
-# something matching REGEX (stdout and stderr together).
+# Runs one command-line test: CMD (a ;-list) must exit with RC ("nonzero":
+# any failure) and print something matching REGEX, and REGEX2 when given
+# (stdout and stderr together), within SECONDS when given.
+string(TIMESTAMP t0 "%s")
 execute_process(COMMAND ${CMD} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+string(TIMESTAMP t1 "%s")
+math(EXPR took "${t1} - ${t0}")
 message("${out}")
-if(NOT "${rc}" STREQUAL "${RC}")
+message("(exit code ${rc}, ${took} s)")
+if("${RC}" STREQUAL "nonzero")
+  if("${rc}" STREQUAL "0")
+    message(FATAL_ERROR "exit code 0, expected a failure")
+  endif()
+elseif(NOT "${rc}" STREQUAL "${RC}")
   message(FATAL_ERROR "exit code ${rc}, expected ${RC}")
 endif()
-if(NOT "${out}" MATCHES "${REGEX}")
-  message(FATAL_ERROR "output does not match: ${REGEX}")
+foreach(r REGEX REGEX2)
+  if(DEFINED ${r} AND NOT "${out}" MATCHES "${${r}}")
+    message(FATAL_ERROR "output does not match: ${${r}}")
+  endif()
+endforeach()
+if(DEFINED SECONDS AND took GREATER SECONDS)
+  message(FATAL_ERROR "took ${took} s, more than ${SECONDS} s")
 endif()

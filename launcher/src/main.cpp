@@ -63,10 +63,10 @@ int main(int argc, char** argv) {
     if (*staged) return run_train_staged(train_args);
     if (*train) return run_train(dist_args);
   } catch (const c10::Error& e) {
-    std::cerr << "trine: error" << rank_suffix() << ": " << e.what_without_backtrace() << std::endl;
+    std::cerr << "trine: error" + rank_suffix() + ": " + e.what_without_backtrace() + "\n" << std::flush;
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "trine: error" << rank_suffix() << ": " << e.what() << std::endl;
+    std::cerr << "trine: error" + rank_suffix() + ": " + e.what() + "\n" << std::flush;
     return 1;
   }
   return 0;

@@ -44,11 +44,16 @@ Communicator::Communicator(const c10::intrusive_ptr<c10d::Store>& store, const s
 }
 
 void Communicator::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) const {
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     work->wait(timeout_);
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "group ", name_, ", rank ", ranks_[rank_], ": ", what, " failed or timed out after ",
-                timeout_.count() / 1000.0, " s (is the peer process alive?): ", e.what());
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool timed_out = waited * 1000 >= 0.99 * static_cast<double>(timeout_.count());
+    TORCH_CHECK(false, "group ", name_, ", rank ", ranks_[rank_], ": ", what,
+                timed_out ? " timed out after " + std::to_string(static_cast<int>(waited)) + " s (is the peer stuck?)"
+                          : std::string(" failed (did the peer process die?)"),
+                ": ", e.what());
   }
 }
 

@@ -96,7 +96,7 @@ void JsonObjectReader::finish() const {
     if (!asked_.count(k)) unknown += (unknown.empty() ? "'" : ", '") + k + "'";
   if (unknown.empty()) return;
   for (const auto& k : asked_) known += (known.empty() ? "" : ", ") + k;
-  TORCH_CHECK(false, "unknown key ", unknown, " in ", path_, "; known keys: ", known);
+  TORCH_CHECK(false, "unknown key ", unknown, " in ", path_, ", known keys: ", known);
 }
 
 template bool JsonObjectReader::get(const std::string&, const bool&);

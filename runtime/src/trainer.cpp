@@ -85,12 +85,6 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer,
   // The grid is checked against the launcher's world size before connecting,
   // so that a wrong size fails on every rank at once.
   m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
-  m.session = &DistributedSession::get(timeout);
-  const LaunchInfo& launch = m.session->launch;
-  m.rank = launch.rank;
-  m.stage = m.grid->coord(m.rank, Dim::PP);
-  m.replica = m.grid->coord(m.rank, Dim::DP);
-
   const int64_t sample_rows = rows_in(sample);
   m.global_batch = config.global_batch > 0 ? config.global_batch : sample_rows;
   const int64_t parts = static_cast<int64_t>(par.dp) * config.microbatches;
@@ -100,6 +94,12 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer,
   m.micro_rows = m.global_batch / parts;
   TORCH_CHECK(sample_rows >= m.micro_rows, "the sample batch has ", sample_rows, " rows, fewer than one microbatch (",
               m.micro_rows, ")");
+
+  m.session = &DistributedSession::get(timeout);
+  const LaunchInfo& launch = m.session->launch;
+  m.rank = launch.rank;
+  m.stage = m.grid->coord(m.rank, Dim::PP);
+  m.replica = m.grid->coord(m.rank, Dim::DP);
 
   c10::Device device(c10::kCPU);
   if (config.device == "cuda") {
