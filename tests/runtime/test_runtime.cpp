@@ -1,0 +1,366 @@
+// Single-process tests of the runtime's parts: the process grid, strict
+// configs and the learning-rate schedule, launcher detection, Gloo
+// communicators and gradient buckets (ranks as threads), and the trainer on
+// one process (nn::Module and TorchScript models, checkpoints).
+#include "../common/reference.h"
+#include "trine/runtime/communicator.h"
+#include "trine/runtime/gradient_buckets.h"
+#include "trine/runtime/launch.h"
+#include "trine/runtime/process_grid.h"
+#include "trine/runtime/train_config.h"
+#include "trine/runtime/trainer.h"
+
+#include <gtest/gtest.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/script.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+namespace trine {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+TEST(ProcessGrid, OrderGivesCoordinatesAndGroups) {
+  ProcessGrid g(2, 2, 2, "tp-dp-pp", 8);  // tp fastest, then dp, pp slowest
+  EXPECT_EQ(g.coord(5, Dim::TP), 1);
+  EXPECT_EQ(g.coord(5, Dim::DP), 0);
+  EXPECT_EQ(g.coord(5, Dim::PP), 1);
+  EXPECT_EQ(g.rank_of(1, 1, 1), 7);
+  EXPECT_EQ(g.group(5, Dim::TP), (std::vector<int>{4, 5}));
+  EXPECT_EQ(g.group(5, Dim::DP), (std::vector<int>{5, 7}));
+  EXPECT_EQ(g.group(5, Dim::PP), (std::vector<int>{1, 5}));
+  ProcessGrid h(3, 2, 1, "pp-dp-tp", 6);  // pp fastest
+  EXPECT_EQ(h.group(0, Dim::PP), (std::vector<int>{0, 1}));
+  EXPECT_EQ(h.group(0, Dim::DP), (std::vector<int>{0, 2, 4}));
+  for (Dim d : {Dim::DP, Dim::PP, Dim::TP}) {
+    std::vector<int> seen(6, 0);
+    for (const auto& grp : h.all_groups(d))
+      for (int r : grp) seen[r]++;
+    EXPECT_EQ(seen, std::vector<int>(6, 1)) << to_string(d);
+  }
+}
+
+TEST(ProcessGrid, BadSizesAndOrdersAreClearErrors) {
+  EXPECT_NE(error_of([] { ProcessGrid(2, 2, 1, "tp-dp-pp", 3); })
+                .find("the job has 3 processes, but dp*pp*tp = 2*2*1 = 4: launch 4 processes"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { ProcessGrid(1, 1, 1, "tp-dp", 1); }).find("must name dp, pp and tp once each"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { ProcessGrid(1, 1, 1, "tp-xp-pp", 1); }).find("has 'xp'"), std::string::npos);
+  EXPECT_NE(error_of([] { ProcessGrid(1, 1, 1, "tp-tp-pp", 1); }).find("names tp twice"), std::string::npos);
+  EXPECT_NE(error_of([] { ProcessGrid(0, 1, 1, "tp-dp-pp", 1); }).find("dp must be at least 1"), std::string::npos);
+}
+
+TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
+  const auto c = TrainConfig::from_json(nlohmann::json::parse(R"({
+    "parallel": {"dp": 2, "pp": 4, "tp": 1, "order": "dp-tp-pp"}, "global_batch": 64, "microbatches": 8,
+    "schedule": "gpipe", "partition": {"method": "dp", "profile": true, "memory_limit_bytes": 1000, "starts": []},
+    "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "grad_clip": 0,
+                  "beta1": 0.8, "beta2": 0.9, "eps": 1e-6},
+    "lr_schedule": {"warmup_steps": 10, "decay": "constant", "min_lr": 0.01, "total_steps": 100},
+    "steps": 7, "seed": 3, "device": "cpu", "timeout_s": 5, "bucket_bytes": 1024,
+    "logging": {"every": 2}, "checkpoint": {"dir": "ck", "every": 3}})"));
+  EXPECT_EQ(c.parallel.pp, 4);
+  EXPECT_EQ(c.parallel.order, "dp-tp-pp");
+  EXPECT_EQ(c.microbatches, 8);
+  EXPECT_EQ(c.partition.method, "dp");
+  EXPECT_TRUE(c.partition.profile);
+  EXPECT_DOUBLE_EQ(c.optimizer.momentum, 0.9);
+  EXPECT_EQ(c.lr_schedule.decay, "constant");
+  EXPECT_EQ(c.checkpoint_every, 3);
+  EXPECT_EQ(c.log_every, 2);
+  EXPECT_NO_THROW(c.check());
+
+  auto err = [](const char* text) { return error_of([&] { TrainConfig::from_json(nlohmann::json::parse(text)); }); };
+  EXPECT_NE(err(R"({"optimizer": {"lerning_rate": 1}})").find("unknown key 'lerning_rate' in config.optimizer"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"stepz": 1})").find("unknown key 'stepz' in config, known keys:"), std::string::npos);
+  EXPECT_NE(err(R"({"steps": 1.5})").find("config.steps must be an integer, got a number (1.5)"), std::string::npos);
+  EXPECT_NE(err(R"({"parallel": {"dp": "2"}})").find("config.parallel.dp must be an integer, got a string"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"parallel": 2})").find("config.parallel must be an object"), std::string::npos);
+
+  auto bad = [](auto edit) {
+    TrainConfig c;
+    edit(c);
+    return error_of([&] { c.check(); });
+  };
+  EXPECT_NE(bad([](TrainConfig& c) { c.schedule = "zb"; }).find("config.schedule 'zb' is unknown"), std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.optimizer.name = "adam"; }).find("use \"adamw\" or \"sgd\""), std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.microbatches = 0; }).find("config.microbatches must be at least 1"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 2; }).find("tensor parallelism is not implemented yet"),
+            std::string::npos);
+}
+
+TEST(TrainConfig, WarmupThenCosine) {
+  OptimizerConfig o;
+  o.lr = 1.0;
+  LrScheduleConfig s;
+  s.warmup_steps = 4;
+  s.min_lr = 0.1;
+  EXPECT_DOUBLE_EQ(learning_rate(o, s, 0, 14), 0.25);
+  EXPECT_DOUBLE_EQ(learning_rate(o, s, 3, 14), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(o, s, 4, 14), 1.0);                   // cosine starts at the top
+  EXPECT_NEAR(learning_rate(o, s, 9, 14), 0.55, 1e-12);                // halfway: (1 + 0.1) / 2
+  EXPECT_NEAR(learning_rate(o, s, 14, 14), 0.1, 1e-12);                // ends at min_lr
+  EXPECT_NEAR(learning_rate(o, s, 20, 14), 0.1, 1e-12);                // and stays there
+  s.decay = "constant";
+  EXPECT_DOUBLE_EQ(learning_rate(o, s, 9, 14), 1.0);
+}
+
+// Sets environment variables for one test and restores them after.
+class Env {
+ public:
+  Env(std::initializer_list<std::pair<const char*, const char*>> vars) {
+    for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                          "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+                          "SLURM_JOB_NUM_NODES"}) {
+      if (const char* v = std::getenv(n)) saved_.emplace_back(n, v);
+      unsetenv(n);
+    }
+    for (auto [n, v] : vars) setenv(n, v, 1);
+  }
+  ~Env() {
+    for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                          "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+                          "SLURM_JOB_NUM_NODES"})
+      unsetenv(n);
+    for (auto& [n, v] : saved_) setenv(n.c_str(), v.c_str(), 1);
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> saved_;
+};
+
+TEST(Launch, RecognisesEachLauncher) {
+  {
+    Env e({});
+    const auto l = detect_launch();
+    EXPECT_EQ(l.launcher, "single");
+    EXPECT_EQ(l.world_size, 1);
+  }
+  {
+    Env e({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+           {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "1234"}});
+    const auto l = detect_launch();
+    EXPECT_EQ(l.launcher, "torchrun");
+    EXPECT_EQ(l.rank, 3);
+    EXPECT_EQ(l.local_rank, 1);
+    EXPECT_FALSE(l.single_node());
+    EXPECT_EQ(l.master_addr, "node0");
+    EXPECT_EQ(l.master_port, 1234);
+  }
+  {
+    Env e({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+           {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}});
+    const auto l = detect_launch();
+    EXPECT_EQ(l.launcher, "mpirun");
+    EXPECT_EQ(l.rank, 1);
+    EXPECT_TRUE(l.master_addr.empty());  // found through MPI at rendezvous
+    EXPECT_TRUE(l.single_node());
+  }
+  {
+    Env e({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}});
+    const auto l = detect_launch();
+    EXPECT_EQ(l.launcher, "slurm");
+    EXPECT_EQ(l.rank, 5);
+    EXPECT_EQ(l.world_size, 8);
+    LaunchInfo copy = l;
+    EXPECT_NE(error_of([&] { rendezvous(copy, std::chrono::milliseconds(100)); }).find("MASTER_ADDR is not set"),
+              std::string::npos);
+  }
+  {
+    Env e({{"RANK", "4"}, {"WORLD_SIZE", "4"}});
+    EXPECT_NE(error_of([] { detect_launch(); }).find("rank 4 of 4 processes, which is impossible"), std::string::npos);
+  }
+  {
+    Env e({{"RANK", "x"}, {"WORLD_SIZE", "4"}});
+    EXPECT_NE(error_of([] { detect_launch(); }).find("RANK='x' is not an integer"), std::string::npos);
+  }
+}
+
+// Runs f(rank) on `n` threads, each a member of one Gloo group over a shared
+// in-memory store; rethrows the first failure.
+void as_ranks(int n, const std::function<void(Communicator&)>& f, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  static int groups = 0;
+  const std::string name = "test" + std::to_string(groups++);
+  std::vector<int> ranks(n);
+  for (int r = 0; r < n; ++r) ranks[r] = r;
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        torch::AutoGradMode grad(true);
+        Communicator c(store, name, ranks, r, c10::kCPU, timeout);
+        f(c);
+      } catch (const c10::Error& e) {
+        errors[r] = e.what_without_backtrace();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < n; ++r) TORCH_CHECK(errors[r].empty(), "rank ", r, ": ", errors[r]);
+}
+
+TEST(Communicator, TransfersCarryShapeDtypeAndRequiresGrad) {
+  as_ranks(2, [](Communicator& c) {
+    if (c.rank() == 0) {
+      c.post_send(torch::arange(12, torch::kFloat64).view({3, 4}).requires_grad_(), 1, 5, "a");
+      c.post_send(torch::tensor({7, 8}, torch::kInt64), 1, 6, "b");
+      c.wait_sends();
+    } else {
+      // Received in the other order than sent: distinct tags keep them apart.
+      auto got = c.receive({{0, 6, "b"}, {0, 5, "a"}});
+      EXPECT_TRUE(torch::equal(got[0], torch::tensor({7, 8}, torch::kInt64)));
+      EXPECT_EQ(got[1].sizes(), (std::vector<int64_t>{3, 4}));
+      EXPECT_EQ(got[1].scalar_type(), torch::kFloat64);
+      EXPECT_TRUE(got[1].requires_grad());
+      EXPECT_DOUBLE_EQ(got[1][2][3].item<double>(), 11);
+    }
+  });
+}
+
+TEST(Communicator, AWaitOnASilentPeerTimesOutWithAMessage) {
+  std::string message;
+  as_ranks(
+      2,
+      [&](Communicator& c) {
+        if (c.rank() == 1) {
+          message = error_of([&] { c.receive({{0, 1, "the activation of microbatch 0"}}); });
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        }
+      },
+      std::chrono::milliseconds(700));
+  EXPECT_NE(message.find("receiving the activation of microbatch 0 from rank 0 timed out after"), std::string::npos)
+      << message;
+}
+
+TEST(GradientBuckets, AverageReplicasAndStartDuringBackward) {
+  as_ranks(2, [](Communicator& c) {
+    // (Threads share the global generator: deterministic values instead.)
+    auto w1 = (torch::arange(64, torch::kFloat32).view({8, 8}).sin() * 0.5).requires_grad_();
+    auto w2 = (torch::arange(64, torch::kFloat32).view({8, 8}).cos() * 0.5).requires_grad_();
+    // Buckets of one parameter each (256 bytes): w2's gradient is final first.
+    GradientBuckets buckets({w2, w1}, &c, 256);
+    EXPECT_EQ(buckets.num_buckets(), 2);
+    auto x = torch::full({4, 8}, 1.0 + c.rank());
+    // Two microbatches; only the second backward is armed.
+    for (int mb = 0; mb < 2; ++mb) {
+      if (mb == 1) buckets.arm();
+      (x.mm(w1).relu().mm(w2)).sum().backward();
+    }
+    EXPECT_EQ(buckets.started_during_backward(), 2);
+    buckets.finish();
+    // Expected: the mean of both replicas' gradients, computed here directly.
+    auto expect = [&](const torch::Tensor& w) {
+      std::vector<torch::Tensor> g;
+      for (double v : {1.0, 2.0}) {
+        auto a = w1.detach().clone().requires_grad_(), b = w2.detach().clone().requires_grad_();
+        auto xi = torch::full({4, 8}, v);
+        (xi.mm(a).relu().mm(b)).sum().backward();
+        g.push_back(2 * (w.is_same(w1) ? a.grad() : b.grad()));
+      }
+      return (g[0] + g[1]) / 2;
+    };
+    EXPECT_LT(testing::rel_diff(w1.grad(), expect(w1)), 1e-6);
+    EXPECT_LT(testing::rel_diff(w2.grad(), expect(w2)), 1e-6);
+  });
+}
+
+TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
+  Env e({});
+  auto make_module = [] {
+    torch::manual_seed(0);
+    torch::jit::Module m("Regressor");
+    m.register_parameter("w1", (torch::randn({6, 16}) * 0.3).requires_grad_(), false);
+    m.register_parameter("w2", (torch::randn({16, 1}) * 0.3).requires_grad_(), false);
+    m.define(R"(
+      def forward(self, x):
+          return torch.tanh(x.matmul(self.w1)).matmul(self.w2)
+    )");
+    return m;
+  };
+  torch::jit::Module m = make_module();
+  LossFn mse = [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& t) {
+    return torch::mse_loss(out[0], t[0]);
+  };
+  // One fixed batch: the model must fit it.
+  auto batch = [](int64_t) {
+    auto x = torch::linspace(-1, 1, 96).view({16, 6});
+    return SampleBatch{{x}, {x.sum(1, true).sin()}};
+  };
+  TrainConfig c;
+  c.global_batch = 16;
+  c.microbatches = 4;
+  c.optimizer.lr = 0.05;
+  c.steps = 40;
+  c.log_every = 0;
+  const auto dir = std::filesystem::temp_directory_path() / "trine-test-checkpoint";
+  std::filesystem::remove_all(dir);
+  c.checkpoint_dir = dir.string();
+  torch::jit::Module eager = make_module();
+  Trainer trainer(m, mse, batch(0), c);
+  EXPECT_EQ(trainer.world_size(), 1);
+  const auto report = trainer.fit(batch);
+  ASSERT_EQ(report.losses.size(), 40u);
+  EXPECT_LT(report.losses.back(), 0.7 * report.losses.front());
+  // The same as plain LibTorch on the TorchScript module (whole batch at once).
+  std::vector<torch::Tensor> params;
+  for (const auto& p : eager.parameters()) params.push_back(p);
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(c.optimizer.lr).weight_decay(0));
+  for (int64_t step = 0; step < c.steps; ++step) {
+    opt.zero_grad();
+    auto b = batch(step);
+    auto loss = mse({eager.forward({b.inputs[0]}).toTensor()}, b.targets);
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
+    static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[0].options())
+        .lr(learning_rate(c.optimizer, c.lr_schedule, step, c.steps));
+    opt.step();
+    EXPECT_NEAR(report.losses[step], loss.item<double>(), 1e-5 * loss.item<double>()) << "step " << step;
+  }
+  EXPECT_GT(report.flops_per_second, 0);
+  torch::serialize::InputArchive archive;
+  archive.load_from((dir / "stage-0.pt").string());
+  torch::Tensor saved;
+  archive.read("w1", saved);
+  EXPECT_TRUE(torch::equal(saved, trainer.parameter("w1").detach()));
+  EXPECT_FALSE(std::filesystem::exists(dir / "stage-0.pt.tmp"));
+}
+
+TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {
+  Env e({});
+  ModelSpec s = testing::small_gpt_spec();
+  s.batch = 8;
+  ExampleModel model = make_example_model(s);
+  TrainConfig c;
+  c.microbatches = 3;
+  EXPECT_NE(error_of([&] { Trainer(model.module, model.loss, model.batch(0), c); })
+                .find("global batch 8 does not split into dp (1) x microbatches (3) = 3"),
+            std::string::npos);
+  c.microbatches = 2;
+  Trainer trainer(model.module, model.loss, model.batch(0), c);
+  ModelSpec other = s;
+  other.batch = 4;
+  EXPECT_NE(error_of([&] { trainer.step(make_example_model(other).batch(0)); })
+                .find("step() got a batch of 4 rows; this trainer's global batch is 8"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace trine
