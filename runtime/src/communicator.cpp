@@ -85,31 +85,37 @@ void Communicator::post_send(const torch::Tensor& t, int peer, uint32_t tag, con
 
 std::vector<torch::Tensor> Communicator::receive(const std::vector<RecvRequest>& requests) {
   TORCH_INTERNAL_ASSERT(backend_ || requests.empty(), "receive on a group of one");
-  std::vector<std::vector<torch::Tensor>> headers(requests.size());
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    headers[i] = {torch::zeros({kHeaderLen}, torch::TensorOptions(torch::kInt64).device(device_))};
-    works.push_back(backend_->recv(headers[i], requests[i].peer, static_cast<int>(requests[i].tag * 2)));
-  }
+  const auto int64 = torch::TensorOptions(torch::kInt64).device(device_);
+  std::vector<std::vector<torch::Tensor>> headers(requests.size()), data(requests.size());
+  std::vector<c10::intrusive_ptr<c10d::Work>> header_works(requests.size()), data_works(requests.size());
   auto from = [&](size_t i) { return requests[i].what + " from rank " + std::to_string(ranks_[requests[i].peer]); };
-  for (size_t i = 0; i < requests.size(); ++i) wait(works[i], "receiving " + from(i));
-  works.clear();
-  std::vector<std::vector<torch::Tensor>> data(requests.size());
-  std::vector<bool> requires_grad(requests.size());
+  auto post_data = [&](size_t i, const std::vector<int64_t>& shape, c10::ScalarType dtype) {
+    data[i] = {torch::empty(shape, torch::TensorOptions(dtype).device(device_))};
+    data_works[i] = backend_->recv(data[i], requests[i].peer, static_cast<int>(requests[i].tag * 2 + 1));
+  };
   for (size_t i = 0; i < requests.size(); ++i) {
+    headers[i] = {torch::zeros({kHeaderLen}, int64)};
+    header_works[i] = backend_->recv(headers[i], requests[i].peer, static_cast<int>(requests[i].tag * 2));
+    if (requests[i].shape) post_data(i, *requests[i].shape, requests[i].dtype);
+  }
+  std::vector<torch::Tensor> out(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    wait(header_works[i], "receiving the header of " + from(i));
     const auto h = headers[i][0].cpu();
     const int64_t* p = h.data_ptr<int64_t>();
     TORCH_CHECK(p[2] >= 0 && p[2] <= kMaxDims, "group ", name_, ": malformed header receiving ", from(i));
-    std::vector<int64_t> shape(p + 3, p + 3 + p[2]);
-    requires_grad[i] = p[1] != 0;
-    data[i] = {torch::empty(shape, torch::TensorOptions(static_cast<c10::ScalarType>(p[0])).device(device_))};
-    works.push_back(backend_->recv(data[i], requests[i].peer, static_cast<int>(requests[i].tag * 2 + 1)));
+    const std::vector<int64_t> shape(p + 3, p + 3 + p[2]);
+    const auto dtype = static_cast<c10::ScalarType>(p[0]);
+    if (requests[i].shape) {
+      TORCH_CHECK(shape == *requests[i].shape && dtype == requests[i].dtype, "group ", name_, ": expected ",
+                  from(i), " as ", requests[i].dtype, " ", c10::IntArrayRef(*requests[i].shape), ", but it is ",
+                  dtype, " ", c10::IntArrayRef(shape), " (do both ranks run the same model and plan?)");
+    } else {
+      post_data(i, shape, dtype);
+    }
+    out[i] = p[1] != 0 ? data[i][0].requires_grad_(true) : data[i][0];
   }
-  std::vector<torch::Tensor> out;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    wait(works[i], "receiving " + from(i));
-    out.push_back(requires_grad[i] ? data[i][0].requires_grad_(true) : data[i][0]);
-  }
+  for (size_t i = 0; i < requests.size(); ++i) wait(data_works[i], "receiving " + from(i));
   return out;
 }
 

@@ -1,6 +1,7 @@
 #include "trine/runtime/pipeline_executor.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace trine {
 
@@ -75,6 +76,14 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
   send_to_ = positions(to);
   for (size_t i = 0; i < program_.size(); ++i)
     if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
+  // The traced shapes of received activations: known before they arrive.
+  input_shapes_.resize(me.inputs.size());
+  for (size_t i = 0; i < me.inputs.size(); ++i) {
+    if (me.inputs[i].kind != StageInput::Kind::Activation) continue;
+    const auto type = me.graph->inputs()[i]->type()->cast<c10::TensorType>();
+    if (!type || !type->scalarType()) continue;
+    if (auto sizes = type->sizes().concrete_sizes()) input_shapes_[i] = {*sizes, *type->scalarType()};
+  }
 }
 
 PipelineExecutor::~PipelineExecutor() = default;
@@ -87,18 +96,35 @@ torch::Tensor PipelineExecutor::parameter(int id) const {
 double PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
                                   const std::function<void()>& optimizer_step) {
   loss_sum_ = 0;
+  timings_ = {};
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
+    const auto t0 = std::chrono::steady_clock::now();
+    double* account = nullptr;
     switch (ins.op) {
-      case Instruction::Op::Forward: forward(ins.microbatch, batch, first_microbatch); break;
+      case Instruction::Op::Forward:
+        forward(ins.microbatch, batch, first_microbatch);
+        account = &timings_.forward_s;
+        break;
       case Instruction::Op::Backward:
         if (static_cast<int>(i) == last_backward_) buckets_->arm();
         backward(ins.microbatch);
+        account = &timings_.backward_s;
         break;
-      case Instruction::Op::Communicate: communicate(ins); break;
-      case Instruction::Op::ReduceGrads: reduce_grads(); break;
-      case Instruction::Op::OptimizerStep: optimizer_step(); break;
+      case Instruction::Op::Communicate:
+        communicate(ins);
+        account = &timings_.communicate_s;
+        break;
+      case Instruction::Op::ReduceGrads:
+        reduce_grads();
+        account = &timings_.reduce_s;
+        break;
+      case Instruction::Op::OptimizerStep:
+        optimizer_step();
+        account = &timings_.optimizer_s;
+        break;
     }
+    *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
   return is_last_stage() ? loss_sum_ / options_.microbatches : 0.0;
@@ -195,7 +221,8 @@ void PipelineExecutor::communicate(const Instruction& ins) {
       case Transfer::Kind::RecvAct:
         for (const auto& [peer, ins_] : recv_from_)
           for (size_t k = 0; k < ins_.size(); ++k) {
-            requests.push_back({peer, tag_of(mb, false, static_cast<int>(k)), describe(false, mb)});
+            requests.push_back({peer, tag_of(mb, false, static_cast<int>(k)), describe(false, mb),
+                                input_shapes_.at(ins_[k]).first, input_shapes_.at(ins_[k]).second});
             targets.push_back({mb, false, ins_[k]});
           }
         break;
@@ -214,8 +241,9 @@ void PipelineExecutor::communicate(const Instruction& ins) {
         for (const auto& [peer, outs] : send_to_) {
           auto& s = state_of(mb);
           for (size_t k = 0; k < outs.size(); ++k)
-            if (s.outputs.at(outs[k]).requires_grad()) {
-              requests.push_back({peer, tag_of(mb, true, static_cast<int>(k)), describe(true, mb)});
+            if (const auto& out = s.outputs.at(outs[k]); out.requires_grad()) {
+              requests.push_back({peer, tag_of(mb, true, static_cast<int>(k)), describe(true, mb),
+                                  out.sizes().vec(), out.scalar_type()});
               targets.push_back({mb, true, outs[k]});
             }
         }

@@ -299,6 +299,8 @@ double Trainer::forward_flops_per_sample() const {
   return impl_->proxy.total_flops() / static_cast<double>(impl_->micro_rows);
 }
 
+const StepTimings& Trainer::last_step_timings() const { return impl_->executor->timings(); }
+
 torch::Tensor Trainer::parameter(const std::string& name) const {
   const int p = impl_->proxy.find_param(name);
   TORCH_CHECK(p >= 0, "the model has no parameter named '", name, "'");

@@ -8,7 +8,9 @@
 // (a small header message before the data), so a receiver needs no prior
 // knowledge of what arrives. Sends are posted asynchronously and completed by
 // `wait_sends`; receives are posted as one batch and waited together, so no
-// order of transfers inside a batch can deadlock.
+// order of transfers inside a batch can deadlock. A receive whose shape and
+// dtype are known in advance posts header and data together (one round trip,
+// the header checked on arrival).
 #pragma once
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -16,6 +18,7 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +28,11 @@ struct RecvRequest {
   int peer = 0;       // rank in this group
   uint32_t tag = 0;
   std::string what;   // for messages: "the activation of microbatch 3"
+  // When the receiver knows what must arrive (a traced stage's inputs do),
+  // header and data are received at once and the header is checked against
+  // it; otherwise the data is received after its header says what it is.
+  std::optional<std::vector<int64_t>> shape;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
 };
 
 class Communicator {

@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <vector>
 
@@ -26,6 +27,12 @@ struct ExecutorGroups {
   Communicator* pp = nullptr;               // group rank == stage
   Communicator* dp = nullptr;               // this stage's replicas
   std::map<int, Communicator*> tied;        // parameter id -> the stages (same replica) that hold it
+};
+
+// Wall seconds of the last step by instruction kind: what a stage computed and
+// how long it waited on its peers (Communicate) and on gradient sync.
+struct StepTimings {
+  double forward_s = 0, backward_s = 0, communicate_s = 0, reduce_s = 0, optimizer_s = 0;
 };
 
 struct ExecutorOptions {
@@ -61,6 +68,7 @@ class PipelineExecutor {
   // The copy of parameter `id` (ProxyGraph parameter id) held here, or undefined.
   torch::Tensor parameter(int id) const;
   const GradientBuckets& buckets() const { return *buckets_; }
+  const StepTimings& timings() const { return timings_; }
 
  private:
   struct Microbatch;
@@ -80,9 +88,12 @@ class PipelineExecutor {
   // Transfers: per peer stage, the positions (inputs or outputs) in value order.
   std::vector<std::pair<int, std::vector<int>>> recv_from_, send_to_;
   std::map<int, std::unique_ptr<Microbatch>> live_;
+  // Per stage input: the traced shape and dtype of a received activation, if known.
+  std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes_;
   std::unique_ptr<GradientBuckets> buckets_;
   int last_backward_ = -1;  // instruction index of the step's final backward
   double loss_sum_ = 0;
+  StepTimings timings_;
 };
 
 }  // namespace trine

@@ -13,6 +13,7 @@
 // every later batch must have the sample's shapes.
 #pragma once
 #include "trine/frontend/trace.h"
+#include "trine/runtime/pipeline_executor.h"
 #include "trine/runtime/process_grid.h"
 #include "trine/runtime/train_config.h"
 
@@ -55,6 +56,8 @@ class Trainer {
   const StagePlan& plan() const;
   const TrainConfig& config() const;
   double forward_flops_per_sample() const;
+  // Where this rank's last step went (compute, waiting on peers, sync, optimizer).
+  const StepTimings& last_step_timings() const;
   // This rank's copy of a named parameter (or alias); undefined when its stage does not hold it.
   torch::Tensor parameter(const std::string& name) const;
   // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only),

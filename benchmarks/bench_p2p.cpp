@@ -1,0 +1,66 @@
+// Point-to-point latency and bandwidth of trine's c10d (Gloo) transfers
+// between two ranks, the way the executor uses them (header + data, with the
+// shape known in advance or not). Ping-pong: rank 0 sends, rank 1 sends back.
+//
+//   mpirun -np 2 build/bin/bench_p2p [--iters N]
+#include "bench_timing.h"
+
+#include "trine/runtime/communicator.h"
+#include "trine/runtime/distributed_session.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+
+using namespace trine;
+
+int main(int argc, char** argv) try {
+  int iters = 200;
+  CLI::App app{"trine point-to-point benchmark"};
+  app.add_option("--iters", iters);
+  CLI11_PARSE(app, argc, argv);
+  auto& session = DistributedSession::get(std::chrono::seconds(60));
+  TORCH_CHECK(session.launch.world_size == 2, "run with exactly 2 ranks (mpirun -np 2)");
+  const int me = session.launch.rank, peer = 1 - me;
+  Communicator comm(session.store, "p2p", {0, 1}, me, c10::kCPU, std::chrono::seconds(60));
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t bytes : {int64_t(4), int64_t(4) << 10, int64_t(128) << 10, int64_t(1) << 20, int64_t(16) << 20}) {
+    for (bool known : {true, false}) {
+      auto t = torch::ones({bytes / 4});
+      RecvRequest req{peer, 1, "ping", std::nullopt, c10::ScalarType::Undefined};
+      if (known) req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
+      const int n = bytes >= (16 << 20) ? std::max(10, iters / 20) : iters;
+      auto round = [&] {
+        if (me == 0) {
+          comm.post_send(t, peer, 1, "ping");
+          comm.receive({req});
+        } else {
+          comm.receive({req});
+          comm.post_send(t, peer, 1, "pong");
+        }
+        comm.wait_sends();
+      };
+      for (int i = 0; i < 5; ++i) round();
+      comm.barrier();
+      const double secs = bench::seconds([&] {
+        for (int i = 0; i < n; ++i) round();
+      });
+      const double one_way = secs / n / 2;
+      rows.push_back({{"bytes", bytes}, {"shape_known", known}, {"one_way_us", one_way * 1e6},
+                      {"bandwidth_MBps", bytes / one_way / 1e6}});
+    }
+  }
+  if (me == 0) {
+    std::printf("%10s %12s %14s %16s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s");
+    for (const auto& r : rows)
+      std::printf("%10lld %12s %14.1f %16.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
+                  r["shape_known"].get<bool>() ? "yes" : "no", r["one_way_us"].get<double>(),
+                  r["bandwidth_MBps"].get<double>());
+    std::cout << "json: " << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}}.dump() << std::endl;
+  }
+  return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "bench_p2p: error: " << e.what_without_backtrace() << "\n";
+  return 1;
+}

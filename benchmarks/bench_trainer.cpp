@@ -1,0 +1,145 @@
+// Runtime benchmarks (issue 4, point 9). One binary, launched once per side
+// of a comparison (benchmarks/bench_runtime.sh runs them all):
+//
+//   bench_trainer --mode plain-vs-trainer   one process: the same GPT trained
+//       by a plain LibTorch loop and by a dp=pp=1 trine Trainer, steps
+//       interleaved, same threads; prints the time ratio trainer / plain.
+//   bench_trainer --mode pipeline --pp P --microbatches M   every rank of a
+//       job (or a single process with --pp 1): samples/s of the Trainer.
+//
+// Each run prints one JSON line (prefixed "json: ") for the script to collect.
+#include "bench_timing.h"
+
+#include "trine/launcher/example_models.h"
+#include "trine/runtime/trainer.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+using namespace trine;
+
+namespace {
+
+struct Args {
+  std::string mode = "pipeline";
+  std::string schedule = "1f1b";
+  int pp = 1, dp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
+  int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
+};
+
+ModelSpec spec_of(const Args& a) {
+  ModelSpec s;
+  s.layers = a.layers;
+  s.hidden = a.hidden;
+  s.heads = 4;
+  s.seq_len = a.seq;
+  s.vocab = 256;
+  s.batch = a.global_batch;
+  return s;
+}
+
+TrainConfig config_of(const Args& a) {
+  TrainConfig c;
+  c.parallel.dp = a.dp;
+  c.parallel.pp = a.pp;
+  c.global_batch = a.global_batch;
+  c.microbatches = a.microbatches;
+  c.schedule = a.schedule;
+  c.steps = a.warmup + a.steps;
+  c.log_every = 0;
+  c.partition.method = "dp";
+  c.partition.profile = true;  // balance stages on measured layer times
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  Args a;
+  CLI::App app{"trine runtime benchmarks"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later options win
+  app.add_option("--mode", a.mode)->check(CLI::IsMember({"pipeline", "plain-vs-trainer"}));
+  app.add_option("--pp", a.pp);
+  app.add_option("--schedule", a.schedule);
+  app.add_option("--dp", a.dp);
+  app.add_option("--microbatches", a.microbatches);
+  app.add_option("--steps", a.steps);
+  app.add_option("--warmup", a.warmup);
+  app.add_option("--threads", a.threads);
+  app.add_option("--layers", a.layers);
+  app.add_option("--hidden", a.hidden);
+  app.add_option("--seq", a.seq);
+  app.add_option("--global-batch", a.global_batch);
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(a.threads);
+  nlohmann::json out{{"mode", a.mode}, {"layers", a.layers}, {"hidden", a.hidden}, {"seq_len", a.seq},
+                     {"global_batch", a.global_batch}, {"microbatches", a.microbatches}, {"threads", a.threads},
+                     {"steps", a.steps}};
+
+  if (a.mode == "pipeline") {
+    ExampleModel model = make_example_model(spec_of(a));
+    Trainer trainer(model.module, model.loss, model.batch(0), config_of(a));
+    for (int s = 0; s < a.warmup; ++s) trainer.step(model.batch(s));
+    std::vector<double> times;
+    StepTimings sum;
+    for (int s = 0; s < a.steps; ++s) {
+      times.push_back(bench::seconds([&] { trainer.step(model.batch(a.warmup + s)); }));
+      const auto& t = trainer.last_step_timings();
+      sum.forward_s += t.forward_s / a.steps;
+      sum.backward_s += t.backward_s / a.steps;
+      sum.communicate_s += t.communicate_s / a.steps;
+      sum.reduce_s += t.reduce_s / a.steps;
+      sum.optimizer_s += t.optimizer_s / a.steps;
+    }
+    // Every rank's breakdown, for seeing where a pipeline loses time.
+    std::fprintf(stderr, "rank %d stage %d: mean per step forward %.1f ms, backward %.1f ms, waiting on peers %.1f ms, "
+                 "gradient sync %.1f ms, optimizer %.1f ms\n", trainer.rank(), trainer.stage(), 1e3 * sum.forward_s,
+                 1e3 * sum.backward_s, 1e3 * sum.communicate_s, 1e3 * sum.reduce_s, 1e3 * sum.optimizer_s);
+    const double step_s = bench::median(times);
+    out.update({{"schedule", a.schedule}, {"pp", a.pp}, {"dp", a.dp}, {"ranks", trainer.world_size()}, {"step_s", step_s},
+                {"samples_per_s", a.global_batch / step_s}});
+    if (trainer.rank() == 0) std::cout << "json: " << out.dump() << std::endl;
+    return 0;
+  }
+
+  // plain-vs-trainer: the same model and batches, one process, interleaved.
+  Args one = a;
+  one.microbatches = 1;
+  ExampleModel plain = make_example_model(spec_of(one));
+  ExampleModel traced = make_example_model(spec_of(one));
+  Trainer trainer(traced.module, traced.loss, traced.batch(0), config_of(one));
+  const TrainConfig c = config_of(one);
+  std::vector<torch::Tensor> params = plain.ptr->parameters();
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(c.optimizer.lr).weight_decay(c.optimizer.weight_decay));
+  auto plain_step = [&](int64_t s) {
+    opt.zero_grad();
+    auto b = plain.batch(s);
+    auto outv = plain.module.forward(b.inputs[0]);
+    auto loss = plain.loss({outv}, b.targets);
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
+    static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[0].options())
+        .lr(learning_rate(c.optimizer, c.lr_schedule, s, c.steps));
+    opt.step();
+    return loss.item<double>();
+  };
+  for (int s = 0; s < a.warmup; ++s) {
+    plain_step(s);
+    trainer.step(traced.batch(s));
+  }
+  std::vector<double> tp, tt;
+  for (int s = 0; s < a.steps; ++s) {
+    tp.push_back(bench::seconds([&] { plain_step(a.warmup + s); }));
+    tt.push_back(bench::seconds([&] { trainer.step(traced.batch(a.warmup + s)); }));
+  }
+  const double p = bench::median(tp), t = bench::median(tt);
+  out.update({{"plain_step_s", p}, {"trainer_step_s", t}, {"ratio", t / p}});
+  std::cout << "json: " << out.dump() << std::endl;
+  return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "bench_trainer: error: " << e.what_without_backtrace() << "\n";
+  return 1;
+}
