@@ -28,7 +28,7 @@ int main(int argc, char** argv) try {
   for (int64_t bytes : {int64_t(4), int64_t(4) << 10, int64_t(128) << 10, int64_t(1) << 20, int64_t(16) << 20}) {
     for (bool known : {true, false}) {
       auto t = torch::ones({bytes / 4});
-      RecvRequest req{peer, 1, "ping", std::nullopt, c10::ScalarType::Undefined};
+      RecvRequest req(peer, 1, "ping");
       if (known) req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
       const int n = bytes >= (16 << 20) ? std::max(10, iters / 20) : iters;
       auto round = [&] {

@@ -5,6 +5,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 namespace trine {
 
@@ -51,7 +52,7 @@ void Communicator::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::s
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool timed_out = waited * 1000 >= 0.99 * static_cast<double>(timeout_.count());
     TORCH_CHECK(false, "group ", name_, ", rank ", ranks_[rank_], ": ", what,
-                timed_out ? " timed out after " + std::to_string(static_cast<int>(waited)) + " s (is the peer stuck?)"
+                timed_out ? " timed out after " + c10::str(std::round(waited * 10) / 10) + " s (is the peer stuck?)"
                           : std::string(" failed (did the peer process die?)"),
                 ": ", e.what());
   }

@@ -65,17 +65,27 @@ struct Trainer::Impl {
 
 Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
     : impl_(std::make_unique<Impl>()) {
-  init([&](const SampleBatch& mb) { return trace(module, loss, mb); }, sample, config);
+  init(
+      [&](const SampleBatch& mb, c10::Device device) {
+        if (!device.is_cpu()) module.ptr()->to(device);
+        return trace(module, loss, mb);
+      },
+      sample, config);
 }
 
 Trainer::Trainer(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
     : impl_(std::make_unique<Impl>()) {
-  init([&](const SampleBatch& mb) { return trace(module, loss, mb); }, sample, config);
+  init(
+      [&](const SampleBatch& mb, c10::Device device) {
+        if (!device.is_cpu()) module.to(device);
+        return trace(module, loss, mb);
+      },
+      sample, config);
 }
 
 Trainer::~Trainer() = default;
 
-void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer, const SampleBatch& sample,
+void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Device)>& tracer, const SampleBatch& sample,
                    const TrainConfig& config) {
   Impl& m = *impl_;
   config.check();
@@ -107,8 +117,12 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer,
     device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank % torch::cuda::device_count()));
   }
 
-  // Every rank traces the same model on the same microbatch: identical graphs.
-  m.traced = tracer(rows_of(sample, 0, m.micro_rows));
+  // Every rank traces the same model on the same microbatch: identical graphs
+  // (on the device, so that constants such as a position arange live there).
+  SampleBatch first = rows_of(sample, 0, m.micro_rows);
+  for (auto* list : {&first.inputs, &first.targets})
+    for (auto& t : *list) t = t.to(device);
+  m.traced = tracer(first, device);
   TORCH_CHECK(m.traced.has_loss, "the trainer needs a loss function");
   m.proxy = build_proxy_graph(m.traced);
 
@@ -128,7 +142,7 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&)>& tracer,
       o.seed = config.seed;
       o.manual_starts = config.partition.starts;
       CostModel costs = config.partition.profile
-                            ? profile_layers(m.traced, m.proxy, rows_of(sample, 0, m.micro_rows))
+                            ? profile_layers(m.traced, m.proxy, first)
                             : analytic_costs(m.proxy);
       const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
       published = "plan:" + plan_stages(m.proxy, costs, method, o).to_json().dump();

@@ -25,6 +25,9 @@
 namespace trine {
 
 struct RecvRequest {
+  RecvRequest(int peer_, uint32_t tag_, std::string what_, std::optional<std::vector<int64_t>> shape_ = std::nullopt,
+              c10::ScalarType dtype_ = c10::ScalarType::Undefined)
+      : peer(peer_), tag(tag_), what(std::move(what_)), shape(std::move(shape_)), dtype(dtype_) {}
   int peer = 0;       // rank in this group
   uint32_t tag = 0;
   std::string what;   // for messages: "the activation of microbatch 3"

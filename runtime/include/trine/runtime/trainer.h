@@ -10,7 +10,9 @@
 // replica takes its rows (dim 0), splits them into microbatches, and runs its
 // pipeline stage. The returned loss is the mean over the global batch, equal
 // on every rank. The model is traced once on a microbatch of the sample, so
-// every later batch must have the sample's shapes.
+// every later batch must have the sample's shapes. With "device": "cuda" the
+// model is moved to this rank's GPU (LOCAL_RANK modulo the GPUs) before
+// tracing, batches may stay on the CPU, and ranks talk through NCCL.
 #pragma once
 #include "trine/frontend/trace.h"
 #include "trine/runtime/pipeline_executor.h"
@@ -66,7 +68,8 @@ class Trainer {
 
  private:
   struct Impl;
-  void init(const std::function<TracedModel(const SampleBatch&)>& tracer, const SampleBatch& sample,
+  // `tracer` moves the model to the device and traces it on a microbatch.
+  void init(const std::function<TracedModel(const SampleBatch&, c10::Device)>& tracer, const SampleBatch& sample,
             const TrainConfig& config);
   std::unique_ptr<Impl> impl_;
 };
