@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 namespace trine {
 
@@ -155,7 +156,16 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
   }
   const auto bytes = store->get("plan");
   const std::string text(bytes.begin(), bytes.end());
-  TORCH_CHECK(text.rfind("error:", 0) != 0, "planning failed on rank 0: ", text.substr(6));
+  const bool failed = text.rfind("error:", 0) == 0;
+  store->add("plan_read", 1);
+  if (failed && m.rank == 0) {
+    // Rank 0 hosts the store: stay until every rank has read the error (or
+    // the timeout passed), so that none of them waits on a store that is gone.
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (store->add("plan_read", 0) < launch.world_size && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  TORCH_CHECK(!failed, "planning failed on rank 0: ", text.substr(6));
   m.plan = std::make_unique<StagePlan>(StagePlan::from_json(nlohmann::json::parse(text.substr(5))));
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
 
