@@ -3,12 +3,13 @@
 #
 # Why not plain find_package(Torch) everywhere: the PyPI wheel is a CUDA build,
 # and its CMake config insists on a CUDA toolkit at configure time although the
-# CPU libraries need none. On CPU machines we therefore link libtorch_cpu and
-# libc10 directly; with TRINE_WITH_CUDA=ON (GPU machines, scripts/gpu-check.sh)
-# we use the wheel's own TorchConfig.cmake, which brings the CUDA targets.
+# CPU libraries need none. Without a toolkit (TRINE_WITH_CUDA=OFF) we therefore
+# link libtorch_cpu and libc10 directly; with one (ON, or AUTO finding nvcc) we
+# use the wheel's own TorchConfig.cmake, which brings the CUDA targets.
 
 set(TRINE_TORCH_DIR "" CACHE PATH "Directory of the installed torch package (site-packages/torch)")
-option(TRINE_WITH_CUDA "Build against LibTorch's CUDA libraries (needs a CUDA toolkit)" OFF)
+set(TRINE_WITH_CUDA AUTO CACHE STRING
+  "Build against LibTorch's CUDA libraries (NCCL, CUDA tensors): ON, OFF, or AUTO (ON when LibTorch has CUDA and a CUDA toolkit is found)")
 
 if(NOT TRINE_TORCH_DIR)
   find_package(Python3 REQUIRED COMPONENTS Interpreter)
@@ -26,6 +27,20 @@ endif()
 
 if(NOT EXISTS "${TRINE_TORCH_DIR}/include/torch/csrc/api/include/torch/torch.h")
   message(FATAL_ERROR "trine: ${TRINE_TORCH_DIR} does not hold LibTorch headers (include/torch/csrc/api/include/torch/torch.h)")
+endif()
+
+# AUTO: whenever the LibTorch in use has CUDA (libtorch_cuda) and nvcc is
+# there to satisfy its CMake config, compile the CUDA paths (NCCL backend).
+if(TRINE_WITH_CUDA STREQUAL "AUTO")
+  find_program(TRINE_NVCC nvcc HINTS /usr/local/cuda/bin)
+  if(EXISTS "${TRINE_TORCH_DIR}/lib/libtorch_cuda.so" AND TRINE_NVCC)
+    set(TRINE_WITH_CUDA ON)
+    if(NOT CMAKE_CUDA_COMPILER)
+      set(CMAKE_CUDA_COMPILER "${TRINE_NVCC}")
+    endif()
+  else()
+    set(TRINE_WITH_CUDA OFF)
+  endif()
 endif()
 
 add_library(trine_torch INTERFACE)
