@@ -15,7 +15,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <set>
 #include <thread>
 
@@ -302,7 +301,7 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
 void Trainer::save_checkpoint(const std::string& dir) const {
   const Impl& m = *impl_;
   if (m.replica != 0) return;
-  std::filesystem::create_directories(dir);
+  make_directories(dir);
   torch::serialize::OutputArchive archive;
   for (int p : m.executor->program().params)
     archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());

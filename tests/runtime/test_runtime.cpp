@@ -15,7 +15,8 @@
 #include <torch/script.h>
 
 #include <cstdlib>
-#include <filesystem>
+#include <dirent.h>
+#include <unistd.h>
 #include <thread>
 
 namespace trine {
@@ -310,9 +311,11 @@ TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
   c.optimizer.lr = 0.05;
   c.steps = 40;
   c.log_every = 0;
-  const auto dir = std::filesystem::temp_directory_path() / "trine-test-checkpoint";
-  std::filesystem::remove_all(dir);
-  c.checkpoint_dir = dir.string();
+  // A fresh directory (and one level below it, which the trainer creates).
+  char tmpl[] = "/tmp/trine-test-checkpoint-XXXXXX";
+  TORCH_CHECK(::mkdtemp(tmpl), "mkdtemp failed");
+  const std::string dir = std::string(tmpl) + "/run";
+  c.checkpoint_dir = dir;
   torch::jit::Module eager = make_module();
   Trainer trainer(m, mse, batch(0), c);
   EXPECT_EQ(trainer.world_size(), 1);
@@ -336,11 +339,19 @@ TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
   }
   EXPECT_GT(report.flops_per_second, 0);
   torch::serialize::InputArchive archive;
-  archive.load_from((dir / "stage-0.pt").string());
+  archive.load_from(dir + "/stage-0.pt");
   torch::Tensor saved;
   archive.read("w1", saved);
   EXPECT_TRUE(torch::equal(saved, trainer.parameter("w1").detach()));
-  EXPECT_FALSE(std::filesystem::exists(dir / "stage-0.pt.tmp"));
+  // Only the checkpoint: no temporary file left beside it.
+  std::vector<std::string> files;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d))
+      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") files.push_back(e->d_name);
+    ::closedir(d);
+  }
+  EXPECT_EQ(files, std::vector<std::string>{"stage-0.pt"});
+  std::system(("rm -rf " + std::string(tmpl)).c_str());
 }
 
 TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {

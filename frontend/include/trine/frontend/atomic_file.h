@@ -8,5 +8,9 @@ namespace trine {
 
 void write_file_atomically(const std::string& path, const std::string& content);
 std::string read_file(const std::string& path);
+// `mkdir -p`. POSIX calls, not std::filesystem: the CUDA build links
+// libtorch.so, which exports std::filesystem symbols of its own that crash
+// when called from code built here (remove_all segfaulted in a test).
+void make_directories(const std::string& path);
 
 }  // namespace trine
