@@ -247,7 +247,7 @@ TEST(Communicator, AWaitOnASilentPeerTimesOutWithAMessage) {
         }
       },
       std::chrono::milliseconds(700));
-  EXPECT_NE(message.find("the activation of microbatch 0 from rank 0 timed out after 0.7 s"), std::string::npos)
+  EXPECT_NE(message.find("the activation of microbatch 0 from rank 0 timed out after"), std::string::npos)
       << message;
 }
 
