@@ -10,6 +10,7 @@
 #include "trine/runtime/distributed_session.h"
 #include "trine/runtime/pipeline_executor.h"
 #include "trine/schedules/pipeline_schedule.h"
+#include "trine/schedules/schedule_checker.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
@@ -206,7 +207,25 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
   eo.seed = config.seed;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
-  auto program = stage_schedule(parse_schedule_kind(config.schedule), par.pp, config.microbatches, m.stage);
+  // Prove the schedule on this plan's topology before running it: skip
+  // transfers (stage i straight to i+2 or later) are safe with Gloo's
+  // background sends, but can deadlock 1F1B under NCCL's blocking ones.
+  const ScheduleKind kind = parse_schedule_kind(config.schedule);
+  StageTopology topology;
+  topology.consumers.resize(par.pp);
+  for (const auto& st : stages) {
+    std::set<int> to;
+    for (const auto& o : st.outputs) to.insert(o.to_stages.begin(), o.to_stages.end());
+    topology.consumers[st.stage].assign(to.begin(), to.end());
+  }
+  try {
+    check_schedule(pipeline_schedule(kind, par.pp, config.microbatches), config.microbatches, topology,
+                   device.is_cpu() ? SendMode::Buffered : SendMode::Blocking);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "the ", config.schedule, " schedule cannot run this plan on ", device, ": ",
+                e.what_without_backtrace(), "\n(try \"schedule\": \"gpipe\", or a plan whose stages send only to the next)");
+  }
+  auto program = stage_schedule(kind, par.pp, config.microbatches, m.stage);
   m.executor = std::make_unique<PipelineExecutor>(m.traced, m.proxy, std::move(stages), m.stage, std::move(program),
                                                   groups, eo);
 
