@@ -93,9 +93,9 @@ torch::Tensor PipelineExecutor::parameter(int id) const {
   return it == held_.end() ? torch::Tensor() : it->second;
 }
 
-double PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
+void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
                                   const std::function<void()>& optimizer_step) {
-  loss_sum_ = 0;
+  loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
@@ -127,7 +127,6 @@ double PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microb
     *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
-  return is_last_stage() ? loss_sum_ / options_.microbatches : 0.0;
 }
 
 void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch) {
@@ -160,7 +159,7 @@ void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_m
   state->outputs.clear();
   for (size_t o = 0; o < me.outputs.size(); ++o) {
     state->outputs.push_back(result[o].toTensor());
-    if (me.outputs[o].model_output == 0) loss_sum_ += state->outputs.back().detach().item<double>();
+    if (me.outputs[o].model_output == 0) loss_sum_ += state->outputs.back().detach().to(torch::kFloat64);
   }
 }
 

@@ -248,17 +248,14 @@ void Trainer::Impl::optimizer_step() {
   torch::NoGradGuard no_grad;
   const auto& params = executor->parameters();
   const auto& owns = executor->owns();
-  double sq = 0;
+  // Summed on the device; one copy to the host per step.
+  auto sq = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(executor->device()));
   for (size_t i = 0; i < params.size(); ++i)
-    if (owns[i] && params[i].grad().defined()) sq += params[i].grad().to(torch::kFloat64).pow(2).sum().item<double>();
+    if (owns[i] && params[i].grad().defined()) sq += params[i].grad().to(torch::kFloat64).pow(2).sum();
   const double replicas = config.parallel.dp;
-  auto both = torch::tensor({executor->mean_loss() / replicas, sq / replicas}, torch::kFloat64);
-  if (world->size() > 1) {
-    auto on_device = both.to(executor->parameters().empty() ? c10::Device(c10::kCPU)
-                                                            : executor->parameters()[0].device());
-    world->allreduce_sum(on_device);
-    both = on_device.cpu();
-  }
+  auto both = torch::stack({executor->mean_loss(), sq}) / replicas;
+  world->allreduce_sum(both);
+  both = both.cpu();
   last_loss = both[0].item<double>();
   const double norm = std::sqrt(both[1].item<double>());
   if (config.optimizer.grad_clip > 0) {

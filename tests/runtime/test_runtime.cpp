@@ -120,29 +120,27 @@ TEST(TrainConfig, WarmupThenCosine) {
   EXPECT_DOUBLE_EQ(learning_rate(o, s, 9, 14), 1.0);
 }
 
-// Sets environment variables for one test and restores them after.
+// Sets environment variables for one test and restores them after; every
+// launcher variable not given is unset meanwhile.
 class Env {
  public:
   Env(std::initializer_list<std::pair<const char*, const char*>> vars) {
-    for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                          "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                          "SLURM_JOB_NUM_NODES"}) {
+    for (const char* n : kNames) {
       if (const char* v = std::getenv(n)) saved_.emplace_back(n, v);
       unsetenv(n);
     }
     for (auto [n, v] : vars) setenv(n, v, 1);
   }
   ~Env() {
-    for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                          "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                          "SLURM_JOB_NUM_NODES"})
-      unsetenv(n);
+    for (const char* n : kNames) unsetenv(n);
     for (auto& [n, v] : saved_) setenv(n.c_str(), v.c_str(), 1);
   }
 
  private:
+  static constexpr const char* kNames[] = {
+      "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+      "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
+      "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NUM_NODES"};
   std::vector<std::pair<std::string, std::string>> saved_;
 };
 

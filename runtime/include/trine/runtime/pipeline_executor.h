@@ -53,11 +53,13 @@ class PipelineExecutor {
   // One step over this replica's batch (every input and target split along
   // dim 0 into the microbatches). `first_microbatch` numbers them globally,
   // for dropout seeds. `optimizer_step` runs at the OptimizerStep instruction.
-  // Returns the mean loss of the microbatches on the last stage, 0 elsewhere.
-  double run_step(const SampleBatch& batch, int64_t first_microbatch, const std::function<void()>& optimizer_step);
+  void run_step(const SampleBatch& batch, int64_t first_microbatch, const std::function<void()>& optimizer_step);
 
-  // Mean loss of this step's microbatches forwarded so far (last stage; 0 elsewhere).
-  double mean_loss() const { return is_last_stage() ? loss_sum_ / options_.microbatches : 0.0; }
+  // Mean loss of this step's microbatches forwarded so far: a float64 scalar
+  // on the stage's device (0 except on the last stage), kept there so that
+  // no microbatch waits on a device-to-host copy.
+  torch::Tensor mean_loss() const { return loss_sum_ / options_.microbatches; }
+  c10::Device device() const { return options_.device; }
   int stage() const { return stage_; }
   bool is_last_stage() const { return stage_ + 1 == static_cast<int>(stages_.size()); }
   const StageProgram& program() const { return stages_[stage_]; }
@@ -92,7 +94,7 @@ class PipelineExecutor {
   std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes_;
   std::unique_ptr<GradientBuckets> buckets_;
   int last_backward_ = -1;  // instruction index of the step's final backward
-  double loss_sum_ = 0;
+  torch::Tensor loss_sum_;
   StepTimings timings_;
 };
 
