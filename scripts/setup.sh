@@ -33,21 +33,31 @@ if ((${#missing[@]})); then
 fi
 
 # 2. LibTorch from the pinned torch wheel, in a venv outside the checkout keyed by
-#    the version. Built in a temporary directory and renamed, so an interrupted
-#    install never leaves a half-made venv behind that later runs would trust.
+#    the version. Made in place (a venv's scripts carry its absolute path in their
+#    #! lines, so it cannot be moved after); the marker file is written last, and
+#    a venv without it is a half-made one, removed and made again.
 if [[ ! -f $venv/.trine-complete ]]; then
   log "installing torch==$TORCH_VERSION into $venv (once per machine)"
   mkdir -p "$cache"
-  tmp=$(mktemp -d "$cache/venv-tmp.XXXXXX")
-  python3 -m venv "$tmp"
-  "$tmp/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   rm -rf "$venv"
-  mv "$tmp" "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   touch "$venv/.trine-complete"
+fi
+
+# 3. The libraries that make the test fixtures (real torchvision and transformers
+#    models exported to TorchScript), pinned to versions that work with this torch.
+#    transformers 4.47 and later build attention masks with vmap, which
+#    torch.jit.trace cannot record; 4.46.3 traces.
+fixture_pins=(torchvision==0.26.0 transformers==4.46.3)
+if [[ ! -f $venv/.trine-fixtures-complete ]]; then
+  log "installing ${fixture_pins[*]} into $venv (test fixtures, once per machine)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${fixture_pins[@]}"
+  touch "$venv/.trine-fixtures-complete"
 fi
 torch_dir=$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 
-# 3. Compiler cache shared by every clone on this machine.
+# 4. Compiler cache shared by every clone on this machine.
 export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 # Paths relative to the checkout, so that every clone hits the same cache entries.
@@ -55,7 +65,7 @@ export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
 # The precompiled header changes its mtime on each clean build; let ccache ignore that.
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 
-# 4. Configure (once) and build.
+# 5. Configure (once) and build.
 if [[ ! -f $build/build.ninja ]]; then
   log "configuring $build"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

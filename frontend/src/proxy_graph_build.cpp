@@ -26,18 +26,33 @@ std::string default_layer_of(const std::string& param_name) {
   auto numeric = [](const std::string& s) {
     return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); });
   };
-  // Up to and including the first numeric component: "blocks.3.attn.qkv.weight" -> "blocks.3".
+  // A container index: "3" in "blocks.3", or a numbered name such as
+  // "encoder_layer_3" (torchvision's ViT), but not "layer1" or "conv1".
+  auto indexed = [&](const std::string& s) {
+    const size_t underscore = s.rfind('_');
+    return numeric(s) || (underscore != std::string::npos && underscore > 0 && numeric(s.substr(underscore + 1)));
+  };
+  // Up to and including the first indexed component: "blocks.3.attn.qkv.weight" -> "blocks.3".
   std::string name;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     name += (i ? "." : "") + parts[i];
-    if (numeric(parts[i])) return name;
+    if (indexed(parts[i])) return name;
   }
-  // No container index: the top-level module ("tok_emb.weight" -> "tok_emb"); a
-  // parameter of the root module is its own layer.
-  return parts.size() > 1 ? parts[0] : param_name;
+  // No container index: the module that owns it ("tok_emb.weight" -> "tok_emb",
+  // "model.transformer.wte.weight" -> "model.transformer.wte"); a parameter
+  // of the root module is its own layer.
+  return parts.size() > 1 ? name : param_name;
 }
 
 namespace {
+
+bool writes_an_input(const jit::Node* node) {
+  const c10::FunctionSchema* schema = node->maybeSchema();
+  if (schema == nullptr) return false;
+  for (const auto& arg : schema->arguments())
+    if (arg.alias_info() != nullptr && arg.alias_info()->isWrite()) return true;
+  return false;
+}
 
 void fill_values(ProxyGraph& g, const detail::GraphIndex& idx) {
   g.values.resize(idx.values.size());
@@ -103,7 +118,10 @@ void fill_ops(ProxyGraph& g, const detail::GraphIndex& idx) {
     op.kind = node->kind().toQualString();
     op.random = node->maybeOperator() != nullptr && node->isNondeterministic();
     op.flops = forward_flops(node);
-    bool only_params = !op.random && !node->hasSideEffects();
+    // An in-place update of a buffer (BatchNorm's num_batches_tracked += 1)
+    // reads buffers alone but must run once per forward where the buffer
+    // lives: it belongs to a layer like any op, not to the recomputed ones.
+    bool only_params = !op.random && !node->hasSideEffects() && !writes_an_input(node);
     std::set<int> read;
     for (const jit::Value* in : node->inputs()) {
       const int v = idx.id(in);

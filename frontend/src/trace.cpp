@@ -5,6 +5,7 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/runtime/operator.h>
 
 #include <cstring>
 #include <optional>
@@ -46,32 +47,60 @@ namespace {
 // ---- Detection of values read into C++ while tracing -----------------------
 // A traced graph cannot hold control flow: when the forward turns a tensor into
 // a C++ number (item(), is_nonzero(), equal(), ...), the branch it takes is
-// baked in. LibTorch's C++ tracer records such reads silently, so we watch the
-// operator calls and report the first one, with the last op traced before it.
+// baked in. That is harmless when the number depends on shapes alone (graphs
+// traced in Python carry their shape arithmetic as tensors: aten::size ->
+// prim::NumToTensor -> aten::Int), since shapes are fixed per trace. It is
+// wrong when the number depends on data, parameters or buffers. LibTorch's C++
+// tracer records such reads silently, so we watch the operator calls and look
+// at the tensor read: untraced (made from a number, not by a traced op), or
+// computed from constants alone, it is a constant of the trace; computed from a
+// graph input, it is a data read and the first one is reported.
 thread_local std::string g_scalar_read;
+
+// Whether a traced value depends on any input of the graph being traced.
+bool depends_on_graph_input(const jit::Value* value) {
+  std::vector<const jit::Value*> todo{value};
+  std::unordered_set<const jit::Value*> seen{value};
+  while (!todo.empty()) {
+    const jit::Value* v = todo.back();
+    todo.pop_back();
+    if (v->node()->kind() == jit::prim::Param) return true;
+    for (const jit::Value* in : v->node()->inputs())
+      if (seen.insert(in).second) todo.push_back(in);
+  }
+  return false;
+}
+
+bool reads_traced_data(const at::RecordFunction& fn, const std::shared_ptr<jit::tracer::TracingState>& state) {
+  for (const c10::IValue& in : fn.inputs()) {
+    if (!in.isTensor() || !state->hasValue(in)) continue;  // untraced: made from a number
+    if (depends_on_graph_input(state->getValue(in))) return true;
+  }
+  return false;
+}
+
+std::string last_traced_op(const jit::Graph& g) {
+  int64_t n = 0;
+  const jit::Node* last = nullptr;
+  for (const jit::Node* node : g.nodes()) {
+    if (node->kind() == jit::prim::Constant) continue;
+    ++n;
+    last = node;
+  }
+  if (!last) return " before any op was traced";
+  std::ostringstream os;
+  os << " right after traced op #" << n - 1 << " (" << last->kind().toQualString() << " -> %"
+     << last->output(0)->debugName() << ")";
+  return os.str();
+}
 
 std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction& fn) {
   static const std::unordered_set<std::string> reads{
       "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::allclose"};
   if (!g_scalar_read.empty() || !reads.count(fn.name())) return nullptr;
-  std::ostringstream os;
-  os << fn.name();
-  if (const auto& state = jit::tracer::getTracingState()) {
-    const auto& g = *state->graph;
-    int64_t n = 0;
-    const jit::Node* last = nullptr;
-    for (const jit::Node* node : g.nodes()) {
-      if (node->kind() == jit::prim::Constant) continue;
-      ++n;
-      last = node;
-    }
-    if (last)
-      os << " right after traced op #" << n - 1 << " (" << last->kind().toQualString() << " -> %"
-         << last->output(0)->debugName() << ")";
-    else
-      os << " before any op was traced";
-  }
-  g_scalar_read = os.str();
+  const auto& state = jit::tracer::getTracingState();
+  if (!state || !reads_traced_data(fn, state)) return nullptr;
+  g_scalar_read = std::string(fn.name()) + last_traced_op(*state->graph);
   return nullptr;
 }
 
@@ -80,7 +109,7 @@ class ScalarReadWatch {
   ScalarReadWatch() {
     g_scalar_read.clear();
     handle_ = at::addThreadLocalCallback(
-        at::RecordFunctionCallback(&on_op_start).scopes({at::RecordScope::FUNCTION}));
+        at::RecordFunctionCallback(&on_op_start).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
   }
   ~ScalarReadWatch() { at::removeCallback(handle_); }
   std::string take() { return std::exchange(g_scalar_read, {}); }
@@ -88,6 +117,57 @@ class ScalarReadWatch {
  private:
   at::CallbackHandle handle_;
 };
+
+// ---- Buffers ---------------------------------------------------------------
+// Running the model (to trace it, to check the trace, to probe a failing
+// TorchScript file) updates buffers such as BatchNorm's running statistics.
+// Tracing must not count as training: the values are put back afterwards.
+class BufferSnapshot {
+ public:
+  explicit BufferSnapshot(const NamedTensors& buffers) {
+    torch::NoGradGuard no_grad;
+    for (const auto& b : buffers) saved_.emplace_back(b.second, b.second.clone());
+  }
+  ~BufferSnapshot() {
+    torch::NoGradGuard no_grad;
+    for (auto& [live, copy] : saved_) live.copy_(copy);
+  }
+
+ private:
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> saved_;
+};
+
+// With force_outplace the tracer records an in-place update of a buffer
+// (`num_batches_tracked += 1`) as an out-of-place op whose result nobody reads,
+// and rebinds the buffer to it. Put the update back in place on the buffer's
+// graph input, so that running the graph (or a stage of it) updates the buffer
+// held there, once per microbatch, as eager execution would. Updates inside a
+// kernel (batch_norm's running statistics) need nothing: the op mutates the
+// input tensor it is given.
+void restore_inplace_buffer_update(jit::Graph& graph, jit::Value* input, jit::Value* updated,
+                                   const std::string& buffer, const std::string& what) {
+  jit::Node* node = updated->node();
+  const std::string kind = node->kind().toQualString();
+  const bool direct = node->inputs().size() >= 1 && node->input(0) == input && node->outputs().size() == 1;
+  const c10::Symbol inplace = c10::Symbol::fromQualString(kind + "_");
+  jit::Node* replacement = nullptr;
+  if (direct && !jit::getAllOperatorsFor(inplace).empty()) {
+    replacement = graph.create(inplace, node->inputs(), 1);
+    replacement->insertAfter(node);
+    replacement->output()->setType(updated->type());
+    if (replacement->maybeOperator() == nullptr) {
+      replacement->destroy();
+      replacement = nullptr;
+    }
+  }
+  TORCH_CHECK(replacement != nullptr, "cannot trace ", what, ": its forward updates buffer '", buffer,
+              "' in place through ", kind, direct ? "" : " applied to an earlier update of it",
+              ", which trine cannot replay once per microbatch. trine replays single in-place updates of a buffer "
+              "that have an in-place ATen op (BatchNorm's num_batches_tracked += 1, running statistics); make the "
+              "update one such op, or register the value as a parameter or a plain attribute instead.");
+  updated->replaceAllUsesWith(replacement->output());
+  node->destroy();
+}
 
 // ---- Inputs --------------------------------------------------------------
 
@@ -187,6 +267,7 @@ void check_trace(const TracedModel& traced, const ModelOutputs& forward, const L
 TracedModel trace_impl(const ModelOutputs& forward, const NamedTensors& params, const NamedTensors& buffers,
                        const LossFn& loss, const SampleBatch& sample, const TraceOptions& opt,
                        std::string description) {
+  BufferSnapshot untouched(buffers);  // tracing and checking do not train
   TracedModel traced;
   traced.description = std::move(description);
   traced.has_loss = static_cast<bool>(loss);
@@ -199,11 +280,25 @@ TracedModel trace_impl(const ModelOutputs& forward, const NamedTensors& params, 
     stack.emplace_back(gi.value);
   }
   const size_t num_data = sample.inputs.size(), num_targets = sample.targets.size();
+  // Buffers whose traced value is no longer their graph input once the
+  // forward ran were updated in place: their graph input positions. Their new
+  // values are returned as extra outputs of the trace (after the model's), so
+  // that the tracer's clean-up keeps the ops that compute them.
+  std::vector<size_t> rebound;
+  size_t model_outputs = 0;
   auto fn = [&](jit::Stack in) {
     std::vector<torch::Tensor> data, targets;
     for (size_t i = 0; i < num_data; ++i) data.push_back(in[i].toTensor());
     for (size_t i = 0; i < num_targets; ++i) targets.push_back(in[num_data + i].toTensor());
     auto outs = model_step(forward, loss, data, targets);
+    model_outputs = outs.size();
+    const auto& state = jit::tracer::getTracingState();
+    for (size_t i = 0; i < traced.inputs.size(); ++i) {
+      if (traced.inputs[i].kind != InputKind::Buffer) continue;
+      if (state->getValue(traced.inputs[i].value) == state->graph->inputs()[i]) continue;
+      rebound.push_back(i);
+      outs.push_back(traced.inputs[i].value);
+    }
     return jit::Stack(outs.begin(), outs.end());
   };
   auto lookup = [&](const torch::autograd::Variable& v) {
@@ -231,7 +326,16 @@ TracedModel trace_impl(const ModelOutputs& forward, const NamedTensors& params, 
               "into C++ (", scalar_read, "). Control flow that depends on tensor values cannot be traced: "
               "compute with tensor ops instead (torch::where, masks), or move the branch out of the model.");
   TORCH_INTERNAL_ASSERT(traced.graph->inputs().size() == traced.inputs.size());
-  // Drop ops whose results nobody uses (e.g. an output the loss ignores).
+  TORCH_INTERNAL_ASSERT(traced.graph->outputs().size() == model_outputs + rebound.size());
+  for (size_t k = 0; k < rebound.size(); ++k) {
+    const size_t input = rebound[k];
+    restore_inplace_buffer_update(*traced.graph, traced.graph->inputs()[input],
+                                  traced.graph->outputs()[model_outputs + k], traced.inputs[input].name,
+                                  traced.description);
+  }
+  while (traced.graph->outputs().size() > model_outputs) traced.graph->eraseOutput(model_outputs);
+  // Drop ops whose results nobody uses (e.g. an output the loss ignores);
+  // in-place updates of buffers (graph inputs) are kept.
   jit::EliminateDeadCode(traced.graph);
   if (opt.check) check_trace(traced, forward, loss, sample, opt);
   return traced;

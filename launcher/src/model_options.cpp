@@ -1,5 +1,7 @@
 #include "model_options.h"
 
+#include "trine/runtime/losses.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/script.h>
 
@@ -42,8 +44,9 @@ LoadedModel load_torchscript(const ModelArgs& args, bool need_loss) {
   std::vector<std::vector<int64_t>> shapes;
   for (const auto& s : args.shapes) shapes.push_back(parse_shape(s));
   const auto dtypes = args.dtypes;
-  const int64_t high = args.int_high;
-  auto batch = [shapes, dtypes, high](int64_t step) {
+  const int64_t high = args.int_high, classes = args.classes;
+  const std::string loss_name = args.loss;
+  auto batch = [shapes, dtypes, high, classes, loss_name](int64_t step) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(step) + 1);
     SampleBatch b;
     for (size_t i = 0; i < shapes.size(); ++i) {
@@ -51,8 +54,22 @@ LoadedModel load_torchscript(const ModelArgs& args, bool need_loss) {
       b.inputs.push_back(dtype == "long" ? torch::randint(high, shapes[i], gen, torch::kLong)
                                          : torch::randn(shapes[i], gen));
     }
+    // Targets for a named loss: class ids per row, or per position of the first input.
+    if (loss_name == "cross_entropy")
+      b.targets.push_back(torch::randint(classes, {shapes[0][0]}, gen, torch::kLong));
+    else if (loss_name == "lm_cross_entropy")
+      b.targets.push_back(torch::randint(classes, {shapes[0][0], shapes[0].size() > 1 ? shapes[0][1] : 1}, gen,
+                                         torch::kLong));
     return b;
   };
+  if (!loss_name.empty()) {
+    TORCH_CHECK(loss_name != "mse", "--loss mse needs targets of the output's shape; the command line makes targets "
+                "for cross_entropy and lm_cross_entropy only (the config file's data can hold mse targets)");
+    LoadedModel m;
+    m.traced = trace(module, need_loss ? named_loss(loss_name) : LossFn(), batch(0));
+    m.batch = batch;
+    return m;
+  }
   LossFn sum_of_outputs = [](const std::vector<torch::Tensor>& outputs, const std::vector<torch::Tensor>&) {
     torch::Tensor total;
     for (const auto& o : outputs)
@@ -90,6 +107,9 @@ void add_model_options(CLI::App* cmd, ModelArgs& args, bool allow_torchscript) {
       ->check(CLI::IsMember({"float", "long"}))
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--int-high", args.int_high, "integer inputs are drawn from [0, N)")->check(CLI::PositiveNumber);
+  cmd->add_option("--loss", args.loss, "the TorchScript model's loss (default: the sum of its outputs)")
+      ->check(CLI::IsMember({"cross_entropy", "lm_cross_entropy"}));
+  cmd->add_option("--classes", args.classes, "targets of --loss are drawn from [0, N)")->check(CLI::PositiveNumber);
 }
 
 LoadedModel load_model(const ModelArgs& args, bool need_loss) {

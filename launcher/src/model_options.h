@@ -19,6 +19,8 @@ struct ModelArgs {
   std::vector<std::string> shapes;  // its forward's input shapes, "8,16"
   std::vector<std::string> dtypes;  // float | long, once or per input
   int64_t int_high = 2;             // integer inputs are drawn from [0, int_high)
+  std::string loss;                 // a named loss (runtime/losses.h); empty: the stand-in
+  int64_t classes = 2;              // targets of a named loss are drawn from [0, classes)
 };
 
 void add_model_options(CLI::App* cmd, ModelArgs& args, bool allow_torchscript);
@@ -26,8 +28,9 @@ void add_model_options(CLI::App* cmd, ModelArgs& args, bool allow_torchscript);
 struct LoadedModel {
   TracedModel traced;
   std::function<SampleBatch(int64_t step)> batch;  // deterministic per step
-  // TorchScript files come without a loss; the sum of their floating outputs
-  // stands in so that the backward can be profiled and checked.
+  // TorchScript files come without a loss unless --loss names one; the sum of
+  // their floating outputs then stands in so that the backward can be profiled
+  // and checked.
   bool stand_in_loss = false;
 };
 

@@ -1,5 +1,7 @@
 #include "trine/runtime/pipeline_executor.h"
 
+#include "buffer_sync.h"
+
 #include <algorithm>
 #include <chrono>
 
@@ -54,6 +56,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
       owned_.push_back(first_holder[*it] == stage_);
     }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
+  buffers_ = std::make_unique<BufferSync>(me, proxy, held_, groups_.dp, options_.microbatches);
 
   // Who sends what to whom, each list in value-id order on both sides.
   std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer -> (value, position)
@@ -88,6 +91,8 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
 
 PipelineExecutor::~PipelineExecutor() = default;
 
+std::vector<std::string> PipelineExecutor::buffers_from_replica_0() const { return buffers_->broadcast_buffers(); }
+
 torch::Tensor PipelineExecutor::parameter(int id) const {
   auto it = held_.find(id);
   return it == held_.end() ? torch::Tensor() : it->second;
@@ -97,6 +102,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
                                   const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
+  buffers_->begin_step();
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
     const auto t0 = std::chrono::steady_clock::now();
@@ -267,6 +273,7 @@ void PipelineExecutor::communicate(const Instruction& ins) {
 
 void PipelineExecutor::reduce_grads() {
   buckets_->finish();
+  buffers_->finish_step();  // every forward of the step is done
   torch::NoGradGuard no_grad;
   for (auto& [param, group] : groups_.tied) {
     auto& p = held_.at(param);

@@ -229,6 +229,11 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
   m.executor = std::make_unique<PipelineExecutor>(m.traced, m.proxy, std::move(stages), m.stage, std::move(program),
                                                   groups, eo);
 
+  if (par.dp > 1 && m.replica == 0)
+    for (const auto& name : m.executor->buffers_from_replica_0())
+      std::fprintf(stderr, "trine: note (rank %d): buffer '%s' is updated in place in a way that cannot be combined "
+                   "across data-parallel replicas exactly; after every step each replica takes replica 0's value\n",
+                   m.rank, name.c_str());
   const auto& o = config.optimizer;
   const auto& params = m.executor->parameters();
   if (o.name == "adamw")

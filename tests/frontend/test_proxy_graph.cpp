@@ -34,6 +34,10 @@ TEST(ProxyGraph, DefaultLayerRule) {
   EXPECT_EQ(default_layer_of("encoder.layers.11.fc.bias"), "encoder.layers.11");
   EXPECT_EQ(default_layer_of("0.weight"), "0");
   EXPECT_EQ(default_layer_of("scale"), "scale");
+  EXPECT_EQ(default_layer_of("encoder.layers.encoder_layer_2.mlp.3.weight"), "encoder.layers.encoder_layer_2");
+  EXPECT_EQ(default_layer_of("layer1.0.downsample.0.weight"), "layer1.0");
+  EXPECT_EQ(default_layer_of("conv1.weight"), "conv1");
+  EXPECT_EQ(default_layer_of("model.transformer.ln_f.bias"), "model.transformer.ln_f");
 }
 
 TEST(ProxyGraph, GptLayersFollowModulePaths) {

@@ -4,8 +4,10 @@
 // layers (ops grouped by the parameter prefix they read).
 //
 // Layers. A parameter "blocks.3.attn.qkv.weight" belongs to the layer named by
-// its path up to and including the first numeric component ("blocks.3"), or to
-// its top-level module when there is none ("tok_emb"). An op joins the layer of
+// its path up to and including the first index component: a number ("blocks.3")
+// or a name ending in "_<number>" ("encoder.layers.encoder_layer_3"); when
+// there is none, to the module that owns it ("tok_emb", "transformer.ln_f").
+// An op joins the layer of
 // the parameters it reads (through parameter-only ops like a transpose); an op
 // that reads none joins the latest layer among its producers. When an op reads
 // an earlier layer's parameters but consumes a later layer's activations (a tied

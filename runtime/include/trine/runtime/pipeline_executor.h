@@ -4,9 +4,13 @@
 // them, data-parallel gradient averaging overlapped with the last backward,
 // and the sum of tied parameters' gradients across the stages holding them.
 //
-// Each rank holds its own copy of its stage's parameters (created from the
-// traced model's tensors); tied copies stay identical because their gradients
-// are summed before every optimizer step.
+// Each rank holds its own copy of its stage's parameters and buffers (created
+// from the traced model's tensors); tied copies stay identical because their
+// gradients are summed before every optimizer step. Buffers the graph updates
+// in place (BatchNorm statistics) are updated once per microbatch forwarded
+// here, and combined across replicas at ReduceGrads so that every replica
+// holds what a single process running all microbatches in order would
+// (runtime/src/buffer_sync.h).
 #pragma once
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/stage_split.h"
@@ -22,6 +26,8 @@
 #include <vector>
 
 namespace trine {
+
+class BufferSync;
 
 struct ExecutorGroups {
   Communicator* pp = nullptr;               // group rank == stage
@@ -70,6 +76,9 @@ class PipelineExecutor {
   // The copy of parameter `id` (ProxyGraph parameter id) held here, or undefined.
   torch::Tensor parameter(int id) const;
   const GradientBuckets& buckets() const { return *buckets_; }
+  // Buffers this stage updates in a way that cannot be combined across
+  // replicas exactly: after each step they take replica 0's values.
+  std::vector<std::string> buffers_from_replica_0() const;
   const StepTimings& timings() const { return timings_; }
 
  private:
@@ -93,6 +102,7 @@ class PipelineExecutor {
   // Per stage input: the traced shape and dtype of a received activation, if known.
   std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes_;
   std::unique_ptr<GradientBuckets> buckets_;
+  std::unique_ptr<BufferSync> buffers_;  // in-place buffer updates, combined across replicas
   int last_backward_ = -1;  // instruction index of the step's final backward
   torch::Tensor loss_sum_;
   StepTimings timings_;
