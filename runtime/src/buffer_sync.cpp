@@ -73,9 +73,13 @@ BufferSync::BufferSync(const StageProgram& stage, const ProxyGraph& proxy, const
 }
 
 void BufferSync::begin_step() {
-  if (dp_ == nullptr || dp_->size() <= 1) return;
   torch::NoGradGuard no_grad;
   for (auto& u : updated_) u.start = u.live.clone();
+}
+
+void BufferSync::undo_step() {
+  torch::NoGradGuard no_grad;
+  for (auto& u : updated_) u.live.copy_(u.start);
 }
 
 void BufferSync::finish_step() {

@@ -32,6 +32,8 @@ class BufferSync {
   void begin_step();
   // After the step's last forward, on every replica.
   void finish_step();
+  // A skipped step: back to r0 (the same on every replica).
+  void undo_step();
 
   std::vector<std::string> broadcast_buffers() const;
 

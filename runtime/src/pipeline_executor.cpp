@@ -93,6 +93,8 @@ PipelineExecutor::~PipelineExecutor() = default;
 
 std::vector<std::string> PipelineExecutor::buffers_from_replica_0() const { return buffers_->broadcast_buffers(); }
 
+void PipelineExecutor::undo_buffer_updates() { buffers_->undo_step(); }
+
 torch::Tensor PipelineExecutor::parameter(int id) const {
   auto it = held_.find(id);
   return it == held_.end() ? torch::Tensor() : it->second;

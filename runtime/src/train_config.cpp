@@ -52,6 +52,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
   c.device = r.get("device", c.device);
   c.timeout_s = r.get("timeout_s", c.timeout_s);
   c.bucket_bytes = r.get("bucket_bytes", c.bucket_bytes);
+  c.max_skipped_steps = r.get("max_skipped_steps", c.max_skipped_steps);
   {
     auto l = r.object("logging");
     c.log_every = l.get("every", c.log_every);
@@ -92,6 +93,7 @@ void TrainConfig::check() const {
   TORCH_CHECK(device == "cpu" || device == "cuda", "config.device '", device, "' is unknown; use \"cpu\" or \"cuda\"");
   TORCH_CHECK(timeout_s > 0, "config.timeout_s must be positive, got ", timeout_s);
   TORCH_CHECK(bucket_bytes > 0, "config.bucket_bytes must be positive, got ", bucket_bytes);
+  TORCH_CHECK(max_skipped_steps >= 1, "config.max_skipped_steps must be at least 1, got ", max_skipped_steps);
   TORCH_CHECK(log_every >= 0 && checkpoint_every >= 0, "config.logging.every and config.checkpoint.every must be >= 0");
 }
 

@@ -15,6 +15,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <set>
 #include <thread>
@@ -60,6 +61,13 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   int64_t step = 0;
   double last_loss = 0;
+  int64_t skipped_in_a_row = 0, skipped_total = 0;
+  bool last_skipped = false;
+
+  // Whether this step's loss and gradient norm (the same on every rank) are
+  // finite; if not, drops the step's gradients and buffer updates, counts it,
+  // and stops training once max_skipped_steps came in a row.
+  bool accept_step(double loss, double norm);
 
   void optimizer_step();
 };
@@ -263,6 +271,7 @@ void Trainer::Impl::optimizer_step() {
   both = both.cpu();
   last_loss = both[0].item<double>();
   const double norm = std::sqrt(both[1].item<double>());
+  if (!accept_step(last_loss, norm)) return;
   if (config.optimizer.grad_clip > 0) {
     const double coef = config.optimizer.grad_clip / (norm + 1e-6);
     if (coef < 1)
@@ -278,6 +287,28 @@ void Trainer::Impl::optimizer_step() {
   }
   optimizer->step();
   optimizer->zero_grad(true);
+}
+
+bool Trainer::Impl::accept_step(double loss, double norm) {
+  last_skipped = !std::isfinite(loss) || !std::isfinite(norm);
+  if (!last_skipped) {
+    skipped_in_a_row = 0;
+    return true;
+  }
+  optimizer->zero_grad(true);
+  executor->undo_buffer_updates();
+  ++skipped_in_a_row;
+  ++skipped_total;
+  if (rank == 0)
+    std::fprintf(stderr, "trine: step %lld skipped: loss %g, global gradient norm %g; no parameter, optimizer state "
+                 "or buffer changed (%lld in a row, %lld in all)\n", static_cast<long long>(step), loss, norm,
+                 static_cast<long long>(skipped_in_a_row), static_cast<long long>(skipped_total));
+  TORCH_CHECK(skipped_in_a_row < config.max_skipped_steps, "training stopped at step ", step, ": the loss or the "
+              "global gradient norm was NaN or infinite in ", skipped_in_a_row, " steps in a row (steps ",
+              step + 1 - skipped_in_a_row, " to ", step, "; last loss ", loss, ", gradient norm ", norm,
+              "). Lower the learning rate (config.optimizer.lr) or clip gradients (config.optimizer.grad_clip), look "
+              "for bad values in the data, or allow more with config.max_skipped_steps.");
+  return false;
 }
 
 double Trainer::step(const SampleBatch& global_batch) {
@@ -302,6 +333,7 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
   const int64_t start = m.step;
   for (int64_t s = m.step; s < steps; ++s) {
     report.losses.push_back(step(data(s)));
+    report.skipped_steps = m.skipped_total;
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     report.seconds = secs;
     report.samples_per_second = static_cast<double>((s + 1 - start) * m.global_batch) / secs;
@@ -337,6 +369,8 @@ const ProcessGrid& Trainer::grid() const { return *impl_->grid; }
 int Trainer::stage() const { return impl_->stage; }
 int Trainer::replica() const { return impl_->replica; }
 int64_t Trainer::steps_done() const { return impl_->step; }
+int64_t Trainer::skipped_steps() const { return impl_->skipped_total; }
+bool Trainer::last_step_skipped() const { return impl_->last_skipped; }
 const StagePlan& Trainer::plan() const { return *impl_->plan; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 double Trainer::forward_flops_per_sample() const {

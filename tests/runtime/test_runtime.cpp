@@ -14,7 +14,9 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/script.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <dirent.h>
 #include <unistd.h>
 #include <thread>
@@ -350,6 +352,121 @@ TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
   }
   EXPECT_EQ(files, std::vector<std::string>{"stage-0.pt"});
   std::system(("rm -rf " + std::string(tmpl)).c_str());
+}
+
+// A small regressor with BatchNorm in training mode.
+struct BnNetImpl : torch::nn::Module {
+  BnNetImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(4, 8));
+    bn = register_module("bn", torch::nn::BatchNorm1d(8));
+    fc2 = register_module("fc2", torch::nn::Linear(8, 1));
+  }
+  torch::Tensor forward(torch::Tensor x) { return fc2(torch::relu(bn(fc1(x)))); }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+};
+TORCH_MODULE(BnNet);
+
+LossFn mse_loss() {
+  return [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& t) {
+    return torch::mse_loss(out[0], t[0]);
+  };
+}
+
+SampleBatch bn_batch(int64_t step) {
+  torch::manual_seed(100 + step);
+  auto x = torch::randn({8, 4}) * 2 + 1;
+  return SampleBatch{{x}, {x.sum(1, true).tanh()}};
+}
+
+TEST(Trainer, BatchNormBuffersUpdateOncePerMicrobatchAsInSequentialTraining) {
+  Env e({});
+  torch::manual_seed(0);
+  BnNet model;
+  torch::manual_seed(0);
+  BnNet eager;
+  TrainConfig c;
+  c.global_batch = 8;
+  c.microbatches = 2;
+  c.optimizer.name = "sgd";
+  c.optimizer.lr = 0.1;
+  c.steps = 5;
+  c.log_every = 0;
+  Trainer trainer(torch::nn::AnyModule(model), mse_loss(), bn_batch(0), c);
+  // Tracing (and checking the trace) ran the model, but trained nothing.
+  EXPECT_TRUE(torch::equal(model->bn->running_mean, torch::zeros({8})));
+  EXPECT_EQ(model->bn->num_batches_tracked.item<int64_t>(), 0);
+  torch::optim::SGD opt(eager->parameters(), torch::optim::SGDOptions(c.optimizer.lr));
+  for (int64_t step = 0; step < c.steps; ++step) {
+    trainer.step(bn_batch(step));
+    opt.zero_grad();
+    const SampleBatch b = bn_batch(step);
+    for (int64_t k = 0; k < 2; ++k)
+      (mse_loss()({eager->forward(b.inputs[0].narrow(0, 4 * k, 4))}, {b.targets[0].narrow(0, 4 * k, 4)}) / 2)
+          .backward();
+    torch::nn::utils::clip_grad_norm_(eager->parameters(), c.optimizer.grad_clip);
+    static_cast<torch::optim::SGDOptions&>(opt.param_groups()[0].options())
+        .lr(learning_rate(c.optimizer, c.lr_schedule, step, c.steps));
+    opt.step();
+  }
+  EXPECT_LT(testing::rel_diff(trainer.parameter("bn.running_mean"), eager->bn->running_mean), 1e-6);
+  EXPECT_LT(testing::rel_diff(trainer.parameter("bn.running_var"), eager->bn->running_var), 1e-6);
+  EXPECT_EQ(trainer.parameter("bn.num_batches_tracked").item<int64_t>(), 10);  // 5 steps x 2 microbatches
+  EXPECT_LT(testing::rel_diff(trainer.parameter("fc1.weight"), eager->fc1->weight), 1e-6);
+  // Checkpoints hold the buffers.
+  char tmpl[] = "/tmp/trine-test-bn-XXXXXX";
+  TORCH_CHECK(::mkdtemp(tmpl), "mkdtemp failed");
+  trainer.save_checkpoint(tmpl);
+  torch::serialize::InputArchive archive;
+  archive.load_from(std::string(tmpl) + "/stage-0.pt");
+  torch::Tensor saved;
+  archive.read("bn.running_var", saved);
+  EXPECT_TRUE(torch::equal(saved, trainer.parameter("bn.running_var")));
+  torch::Tensor count;
+  archive.read("bn.num_batches_tracked", count);
+  EXPECT_EQ(count.item<int64_t>(), 10);
+  std::system(("rm -rf " + std::string(tmpl)).c_str());
+}
+
+TEST(Trainer, NonFiniteStepsAreSkippedCountedAndStopTrainingWhenTheyRepeat) {
+  Env e({});
+  torch::manual_seed(0);
+  BnNet model;
+  TrainConfig c;
+  c.global_batch = 8;
+  c.microbatches = 2;
+  c.optimizer.lr = 0.01;
+  c.steps = 20;
+  c.log_every = 0;
+  c.max_skipped_steps = 3;
+  Trainer trainer(torch::nn::AnyModule(model), mse_loss(), bn_batch(0), c);
+  auto poisoned = [](int64_t step) {
+    SampleBatch b = bn_batch(step);
+    b.inputs[0][5][2] = std::numeric_limits<float>::quiet_NaN();  // one value in the second microbatch
+    return b;
+  };
+  trainer.step(bn_batch(0));
+  const auto weight = trainer.parameter("fc1.weight").clone();
+  const auto mean = trainer.parameter("bn.running_mean").clone();
+  const double loss = trainer.step(poisoned(1));
+  EXPECT_TRUE(std::isnan(loss));
+  EXPECT_TRUE(trainer.last_step_skipped());
+  EXPECT_EQ(trainer.skipped_steps(), 1);
+  EXPECT_TRUE(torch::equal(trainer.parameter("fc1.weight"), weight));  // no update
+  EXPECT_TRUE(torch::equal(trainer.parameter("bn.running_mean"), mean));  // no buffer update either
+  EXPECT_EQ(trainer.parameter("bn.num_batches_tracked").item<int64_t>(), 2);
+  // Training goes on after a skipped step, from the same state.
+  EXPECT_TRUE(std::isfinite(trainer.step(bn_batch(2))));
+  EXPECT_FALSE(trainer.last_step_skipped());
+  EXPECT_FALSE(torch::equal(trainer.parameter("fc1.weight"), weight));
+  trainer.step(poisoned(3));
+  trainer.step(poisoned(4));
+  const std::string error = error_of([&] { trainer.step(poisoned(5)); });
+  EXPECT_NE(error.find("training stopped at step 5: the loss or the global gradient norm was NaN or infinite in 3 "
+                       "steps in a row (steps 3 to 5"),
+            std::string::npos)
+      << error;
+  EXPECT_EQ(trainer.skipped_steps(), 4);
 }
 
 TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {

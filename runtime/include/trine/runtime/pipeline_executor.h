@@ -79,6 +79,8 @@ class PipelineExecutor {
   // Buffers this stage updates in a way that cannot be combined across
   // replicas exactly: after each step they take replica 0's values.
   std::vector<std::string> buffers_from_replica_0() const;
+  // Puts the buffers back as they were before this step (a skipped step).
+  void undo_buffer_updates();
   const StepTimings& timings() const { return timings_; }
 
  private:

@@ -52,6 +52,7 @@ struct TrainConfig {
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
   double timeout_s = 60;          // every wait on a peer
   int64_t bucket_bytes = 1 << 20; // data-parallel gradient bucket size
+  int64_t max_skipped_steps = 5;  // steps in a row with a non-finite loss or gradient norm before training stops
   int64_t log_every = 10;         // progress line on rank 0 every N steps (0: never)
   std::string checkpoint_dir;     // where fit() saves parameters; empty: nowhere
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end

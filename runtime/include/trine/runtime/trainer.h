@@ -33,6 +33,7 @@ struct FitReport {
   double seconds = 0;
   double samples_per_second = 0;
   double flops_per_second = 0;  // achieved, over all ranks (3x forward FLOPs per sample)
+  int64_t skipped_steps = 0;    // steps skipped for a non-finite loss or gradient norm, in all
 };
 
 class Trainer {
@@ -43,6 +44,7 @@ class Trainer {
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
+  // One optimizer step; returns the step's loss (the same on every rank).
   double step(const SampleBatch& global_batch);
   // Steps from the current one up to `steps` (default: config.steps), printing
   // a progress line on rank 0 (step, loss, learning rate, samples/s, FLOP/s),
@@ -55,6 +57,12 @@ class Trainer {
   int stage() const;     // this rank's pipeline stage
   int replica() const;   // this rank's data-parallel index
   int64_t steps_done() const;
+  // Steps whose loss or global gradient norm was NaN or infinite: skipped on
+  // every rank alike (no parameter, optimizer state or buffer changed) and
+  // logged; config.max_skipped_steps of them in a row end training with an
+  // error naming the step.
+  int64_t skipped_steps() const;
+  bool last_step_skipped() const;
   const StagePlan& plan() const;
   const TrainConfig& config() const;
   double forward_flops_per_sample() const;
