@@ -409,17 +409,62 @@ TracedModel trace(torch::nn::AnyModule module, const LossFn& loss, const SampleB
                     options, what);
 }
 
+// The smallest number of rows (up to 64) at which a TorchScript module that
+// failed on the sample runs, if any: a file made by torch.jit.trace keeps its
+// example's batch size in every reshape.
+std::optional<int64_t> rows_that_run(torch::jit::Module& module, const SampleBatch& sample,
+                                     const NamedTensors& buffers) {
+  const int64_t rows = sample.inputs[0].size(0);
+  BufferSnapshot untouched(buffers);
+  torch::NoGradGuard no_grad;
+  for (int64_t r = 1; r <= 64; ++r) {
+    if (r == rows) continue;
+    const auto pick = torch::arange(r, torch::kLong) % rows;
+    std::vector<c10::IValue> args;
+    for (const auto& t : sample.inputs) args.emplace_back(t.index_select(0, pick.to(t.device())));
+    try {
+      module.forward(std::move(args));
+      return r;
+    } catch (const std::exception&) {  // c10::Error, or the interpreter's own
+    }
+  }
+  return std::nullopt;
+}
+
 TracedModel trace(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample,
                   const TraceOptions& options) {
   const std::string what = "TorchScript module " + module.type()->name()->qualifiedName();
   NamedTensors params, buffers;
   for (const auto& p : module.named_parameters(true)) params.emplace_back(p.name, p.value);
   for (const auto& b : module.named_buffers(true)) buffers.emplace_back(b.name, b.value);
-  ModelOutputs forward = [module, what](const std::vector<torch::Tensor>& inputs) mutable {
+  std::string forward_error;  // set when the module's own forward fails
+  ModelOutputs forward = [module, what, &forward_error](const std::vector<torch::Tensor>& inputs) mutable {
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
-    return flatten_outputs(module.forward(std::move(args)), what);
+    try {
+      return flatten_outputs(module.forward(std::move(args)), what);
+    } catch (const c10::Error& e) {
+      forward_error = e.what_without_backtrace();
+      throw;
+    } catch (const std::exception& e) {  // the interpreter's own errors
+      forward_error = e.what();
+      throw;
+    }
   };
-  return trace_impl(forward, params, buffers, loss, sample, options, what);
+  try {
+    return trace_impl(forward, params, buffers, loss, sample, options, what);
+  } catch (const std::exception&) {
+    if (forward_error.empty() || sample.inputs.empty() || sample.inputs[0].dim() == 0) throw;
+  }
+  const int64_t rows = sample.inputs[0].size(0);
+  const auto runs = rows_that_run(module, sample, buffers);
+  TORCH_CHECK(!runs, what, " fails on a microbatch of ", rows, " rows but runs on ", *runs, " rows: a file made by "
+              "torch.jit.trace keeps the batch size of its example input. Export it with an example input of ", rows,
+              " rows (the microbatch: global_batch / (dp x microbatches)), or choose global_batch and microbatches "
+              "so that a microbatch has ", *runs, " rows, or make the file with torch.jit.script. The error at ", rows,
+              " rows: ", forward_error);
+  TORCH_CHECK(false, what, " fails on the sample microbatch (", rows, " rows, first input of shape ",
+              sample.inputs[0].sizes(), "): ", forward_error,
+              "\nDo the inputs' shapes and dtypes match what the model expects?");
 }
 
 TracedModel trace(const ForwardFn& forward, const NamedTensors& parameters, const NamedTensors& buffers,

@@ -66,9 +66,16 @@ int run_train_staged(const TrainStagedArgs& args);
 
 struct TrainArgs {
   std::string config;
-  int64_t steps = 0;  // 0: the config's
+  int64_t steps = 0;      // 0: the config's
+  std::string data_path;  // overrides the config's data.path
 };
 CLI::App* add_train_command(CLI::App& app, TrainArgs& args);
 int run_train(const TrainArgs& args);
+
+struct TokenizeArgs {
+  std::string text, out;
+};
+CLI::App* add_tokenize_command(CLI::App& app, TokenizeArgs& args);
+int run_tokenize(const TokenizeArgs& args);
 
 }  // namespace trine::cli

@@ -38,11 +38,13 @@ int main(int argc, char** argv) {
   CheckPlanArgs check_args;
   TrainStagedArgs train_args;
   TrainArgs dist_args;
+  TokenizeArgs tokenize_args;
   auto* inspect = add_inspect_command(app, inspect_args);
   auto* plan = add_plan_command(app, plan_args);
   auto* check = add_check_plan_command(app, check_args);
   auto* staged = add_train_staged_command(app, train_args);
   auto* train = add_train_command(app, dist_args);
+  auto* tokenize = add_tokenize_command(app, tokenize_args);
 
   try {
     app.parse(argc, argv);
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     if (*check) return run_check_plan(check_args);
     if (*staged) return run_train_staged(train_args);
     if (*train) return run_train(dist_args);
+    if (*tokenize) return run_tokenize(tokenize_args);
   } catch (const c10::Error& e) {
     std::cerr << "trine: error" + rank_suffix() + ": " + e.what_without_backtrace() + "\n" << std::flush;
     return 1;

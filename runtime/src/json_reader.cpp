@@ -53,6 +53,14 @@ std::vector<std::string> convert(const nlohmann::json& j, const std::string& whe
   return out;
 }
 
+template <>
+std::vector<int64_t> convert(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_array()) wrong_type(where, "a list of integers", j);
+  std::vector<int64_t> out;
+  for (const auto& e : j) out.push_back(convert<int64_t>(e, where + "[]"));
+  return out;
+}
+
 }  // namespace
 
 JsonObjectReader::JsonObjectReader(const nlohmann::json& j, std::string path) : path_(std::move(path)) {
@@ -90,6 +98,16 @@ JsonObjectReader JsonObjectReader::object(const std::string& key) {
   return JsonObjectReader(v ? *v : nlohmann::json(), path_ + "." + key);
 }
 
+std::vector<JsonObjectReader> JsonObjectReader::objects(const std::string& key) {
+  const auto* v = find(key);
+  std::vector<JsonObjectReader> out;
+  if (!v) return out;
+  if (!v->is_array()) wrong_type(path_ + "." + key, "a list of objects ([{...}, ...])", *v);
+  for (size_t i = 0; i < v->size(); ++i)
+    out.emplace_back((*v)[i], path_ + "." + key + "[" + std::to_string(i) + "]");
+  return out;
+}
+
 void JsonObjectReader::finish() const {
   std::string unknown, known;
   for (const auto& [k, v] : j_.items())
@@ -105,7 +123,9 @@ template int64_t JsonObjectReader::get(const std::string&, const int64_t&);
 template double JsonObjectReader::get(const std::string&, const double&);
 template std::string JsonObjectReader::get(const std::string&, const std::string&);
 template std::vector<std::string> JsonObjectReader::get(const std::string&, const std::vector<std::string>&);
+template std::vector<int64_t> JsonObjectReader::get(const std::string&, const std::vector<int64_t>&);
 template int64_t JsonObjectReader::required(const std::string&);
+template std::vector<int64_t> JsonObjectReader::required(const std::string&);
 template std::string JsonObjectReader::required(const std::string&);
 
 }  // namespace trine

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <set>
 #include <thread>
+#include <unistd.h>
 
 namespace trine {
 
@@ -42,6 +43,41 @@ int64_t rows_in(const SampleBatch& b) {
       TORCH_CHECK(t.dim() >= 1 && t.size(0) == n, "every input and target of a batch must have the same number of ",
                   "rows (dim 0); found ", n, " and ", t.dim() ? t.size(0) : 0);
   return n;
+}
+
+// Checkpoints are written after training: find out now whether they can be.
+void check_writable_directory(const std::string& dir) {
+  try {
+    make_directories(dir);
+    const std::string probe = dir + "/.trine-write-check-" + std::to_string(::getpid());
+    write_file_atomically(probe, "");
+    ::unlink(probe.c_str());
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config.checkpoint.dir '", dir, "' cannot be written (", e.what_without_backtrace(),
+                "): choose a directory this process can create and write to, or leave it empty for no checkpoints");
+  }
+}
+
+// Every batch must have the shapes and dtypes the model was traced with
+// (rows aside): checked on every rank, before any rank sends or waits.
+void check_batch_like_trace(const SampleBatch& b, const TracedModel& traced) {
+  size_t d = 0, t = 0;
+  for (const auto& in : traced.inputs) {
+    if (in.kind != InputKind::Data && in.kind != InputKind::Target) continue;
+    const bool data = in.kind == InputKind::Data;
+    const auto& list = data ? b.inputs : b.targets;
+    const size_t i = data ? d++ : t++;
+    TORCH_CHECK(i < list.size(), "the batch has ", list.size(), " ", data ? "input" : "target", "(s), but the model "
+                "was traced with more: every batch needs the sample's inputs and targets");
+    const auto got = list[i].sizes().slice(1), want = in.value.sizes().slice(1);
+    TORCH_CHECK(got == want && list[i].scalar_type() == in.value.scalar_type(), data ? "input " : "target ", i,
+                " of the batch has rows of shape ", got, " (", list[i].scalar_type(), "), but the model was traced "
+                "with rows of shape ", want, " (", in.value.scalar_type(), "): shapes are fixed when tracing, so "
+                "every batch must have the sample's row shape and dtype (or trace again with a sample of the new "
+                "shape)");
+  }
+  TORCH_CHECK(d == b.inputs.size() && t == b.targets.size(), "the batch has ", b.inputs.size(), " input(s) and ",
+              b.targets.size(), " target(s), but the model was traced with ", d, " and ", t);
 }
 
 }  // namespace
@@ -98,6 +134,7 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
                    const TrainConfig& config) {
   Impl& m = *impl_;
   config.check();
+  if (!config.checkpoint_dir.empty()) check_writable_directory(config.checkpoint_dir);
   m.config = config;
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
   const auto& par = config.parallel;
@@ -126,22 +163,38 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
     device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank % torch::cuda::device_count()));
   }
 
+  const std::string prefix = m.session->next_prefix();
+  auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
+
   // Every rank traces the same model on the same microbatch: identical graphs
   // (on the device, so that constants such as a position arange live there).
+  // A model that cannot be traced fails alike on every rank; a rank other than
+  // 0 says it is done with the plan before failing, so that rank 0 (which
+  // hosts the store, and publishes its own failure in place of the plan)
+  // leaves as soon as every rank has failed.
   SampleBatch first = rows_of(sample, 0, m.micro_rows);
   for (auto* list : {&first.inputs, &first.targets})
     for (auto& t : *list) t = t.to(device);
-  m.traced = tracer(first, device);
-  TORCH_CHECK(m.traced.has_loss, "the trainer needs a loss function");
-  m.proxy = build_proxy_graph(m.traced);
+  std::string trace_error;
+  try {
+    m.traced = tracer(first, device);
+    TORCH_CHECK(m.traced.has_loss, "the trainer needs a loss function");
+    m.proxy = build_proxy_graph(m.traced);
+  } catch (const c10::Error& e) {
+    trace_error = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    trace_error = e.what();
+  }
+  if (!trace_error.empty() && m.rank != 0) {
+    store->add("plan_read", 1);
+    TORCH_CHECK(false, trace_error);
+  }
 
   // Rank 0 plans and publishes the plan (or its error) so that every rank
   // uses the same one even when planning measures this machine.
-  const std::string prefix = m.session->next_prefix();
-  auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
   if (m.rank == 0) {
-    std::string published;
-    try {
+    std::string published = "error:" + trace_error;
+    if (trace_error.empty()) try {
       PlanOptions o;
       o.stages = par.pp;
       o.memory_limit_bytes = config.partition.memory_limit_bytes;
@@ -173,6 +226,7 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
     while (store->add("plan_read", 0) < launch.world_size && std::chrono::steady_clock::now() < until)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  TORCH_CHECK(trace_error.empty(), trace_error);
   TORCH_CHECK(!failed, "planning failed on rank 0: ", text.substr(6));
   m.plan = std::make_unique<StagePlan>(StagePlan::from_json(nlohmann::json::parse(text.substr(5))));
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
@@ -316,6 +370,7 @@ double Trainer::step(const SampleBatch& global_batch) {
   const int64_t rows = rows_in(global_batch);
   TORCH_CHECK(rows == m.global_batch, "step() got a batch of ", rows, " rows; this trainer's global batch is ",
               m.global_batch);
+  check_batch_like_trace(global_batch, m.traced);
   const int64_t per_replica = m.global_batch / m.config.parallel.dp;
   const SampleBatch mine = rows_of(global_batch, m.replica * per_replica, per_replica);
   const int64_t mbs = m.config.microbatches;
@@ -372,6 +427,7 @@ int64_t Trainer::steps_done() const { return impl_->step; }
 int64_t Trainer::skipped_steps() const { return impl_->skipped_total; }
 bool Trainer::last_step_skipped() const { return impl_->last_skipped; }
 const StagePlan& Trainer::plan() const { return *impl_->plan; }
+const TracedModel& Trainer::traced_model() const { return impl_->traced; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 double Trainer::forward_flops_per_sample() const {
   return impl_->proxy.total_flops() / static_cast<double>(impl_->micro_rows);

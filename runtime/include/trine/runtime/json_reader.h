@@ -20,13 +20,15 @@ class JsonObjectReader {
 
   bool has(const std::string& key) const;
   // The value at `key` (or `fallback` when absent), which must have T's type:
-  // bool, int64_t, int, double (integers accepted), std::string, or a vector of strings.
+  // bool, int64_t, int, double (integers accepted), std::string, or a vector of strings or integers.
   template <class T>
   T get(const std::string& key, const T& fallback);
   template <class T>
   T required(const std::string& key);
   // The object at `key` (empty when absent). Its own finish() checks its keys.
   JsonObjectReader object(const std::string& key);
+  // The objects of the list at `key` (none when absent), named "path.key[i]".
+  std::vector<JsonObjectReader> objects(const std::string& key);
   // Throws naming every key that no get/required/object call asked for.
   void finish() const;
   const std::string& path() const { return path_; }

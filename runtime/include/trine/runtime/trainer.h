@@ -64,6 +64,8 @@ class Trainer {
   int64_t skipped_steps() const;
   bool last_step_skipped() const;
   const StagePlan& plan() const;
+  // The model as traced on a microbatch of the sample (every stage's source).
+  const TracedModel& traced_model() const;
   const TrainConfig& config() const;
   double forward_flops_per_sample() const;
   // Where this rank's last step went (compute, waiting on peers, sync, optimizer).
