@@ -192,6 +192,51 @@ TEST(Trace, ItemInForwardIsAnErrorThatSaysWhatAndWhere) {
   EXPECT_NE(err.find("aten::sum"), std::string::npos) << "should name the last traced op: " << err;
 }
 
+// Shape arithmetic done with tensors, as graphs traced in Python carry it
+// (aten::size -> prim::NumToTensor -> aten::Int): a constant of the trace.
+// The same read of a parameter's value is refused.
+TEST(Trace, ScalarReadsOfShapesAreConstantsAndReadsOfParametersAreErrors) {
+  auto w = torch::randn({4, 3}, torch::requires_grad());
+  LossFn loss = [](const std::vector<torch::Tensor>& o, const std::vector<torch::Tensor>&) { return o[0].sum(); };
+  ForwardFn by_shape = [&](const std::vector<torch::Tensor>& in) {
+    const int64_t rows = torch::scalar_tensor(in[0].size(0), torch::kLong).floor_divide(2).item<int64_t>();
+    return std::vector<torch::Tensor>{in[0].matmul(w).reshape({rows, -1})};
+  };
+  const SampleBatch batch{{torch::randn({6, 4})}, {}};
+  const TracedModel t = trace(by_shape, {{"w", w}}, {}, loss, batch);
+  EXPECT_NEAR(GraphRunner(t.graph).run({batch.inputs[0], w})[0].toTensor().item<double>(),
+              loss(by_shape(batch.inputs), {}).item<double>(), 1e-5);
+  ForwardFn by_parameter = [&](const std::vector<torch::Tensor>& in) {
+    const double scale = w.sum().item<double>();
+    return std::vector<torch::Tensor>{in[0].matmul(w) * scale};
+  };
+  const std::string err = error_of([&] { trace(by_parameter, {{"w", w}}, {}, loss, batch); });
+  EXPECT_NE(err.find("reads a tensor's value into C++ (aten::"), std::string::npos) << err;
+  EXPECT_NE(err.find("aten::sum"), std::string::npos) << "should name the last traced op: " << err;
+}
+
+// BatchNorm in training mode: tracing leaves the buffers as they were; running
+// the graph updates them (running statistics in the kernel, the counter by the
+// in-place op trace() puts back) exactly as an eager forward does.
+TEST(Trace, BatchNormBuffersAreUpdatedByTheGraphNotByTracing) {
+  torch::manual_seed(0);
+  torch::nn::BatchNorm1d traced_bn(3), eager_bn(3);
+  const SampleBatch batch{{torch::randn({5, 3}) * 3 + 1}, {}};
+  const TracedModel t = trace(torch::nn::AnyModule(traced_bn), sum_loss, batch);
+  EXPECT_TRUE(torch::equal(traced_bn->running_mean, torch::zeros({3})));
+  EXPECT_EQ(traced_bn->num_batches_tracked.item<int64_t>(), 0);
+  std::vector<c10::IValue> in;
+  for (const auto& gi : t.inputs) in.emplace_back(gi.kind == InputKind::Data ? batch.inputs[0] : gi.value);
+  GraphRunner runner(t.graph);
+  for (int i = 0; i < 2; ++i) {
+    runner.run(in);
+    eager_bn->forward(batch.inputs[0]);
+  }
+  EXPECT_LE(rel_diff(traced_bn->running_mean, eager_bn->running_mean), 1e-6);
+  EXPECT_LE(rel_diff(traced_bn->running_var, eager_bn->running_var), 1e-6);
+  EXPECT_EQ(traced_bn->num_batches_tracked.item<int64_t>(), 2);
+}
+
 TEST(Trace, NonTensorOutputIsAnError) {
   const std::string err =
       error_of([] { trace(torch::nn::AnyModule(Counting()), nullptr, SampleBatch{{torch::randn({2, 4})}, {}}); });

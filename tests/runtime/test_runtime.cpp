@@ -486,6 +486,14 @@ TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {
   EXPECT_NE(error_of([&] { trainer.step(make_example_model(other).batch(0)); })
                 .find("step() got a batch of 4 rows; this trainer's global batch is 8"),
             std::string::npos);
+  // Rows of another shape than the trace's: caught on every rank before any transfer.
+  ModelSpec longer = s;
+  longer.seq_len = 16;
+  const std::string err = error_of([&] { trainer.step(make_example_model(longer).batch(0)); });
+  EXPECT_NE(err.find("input 0 of the batch has rows of shape [16] (Long), but the model was traced with rows of "
+                     "shape [8] (Long)"),
+            std::string::npos)
+      << err;
 }
 
 }  // namespace
