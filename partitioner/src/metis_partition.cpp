@@ -1,4 +1,4 @@
-// The `metis` method (DESIGN.md section 3):
+// The `metis` method (docs/design.md §5):
 //  1. METIS_PartGraphKway on the undirected layer graph: two vertex weights
 //     (fwd+bwd time, and parameter state + activation memory), edge weights the
 //     bytes a cut between two layers would send. Balanced parts, small cuts,

@@ -1,4 +1,4 @@
-// Analytic forward cost of one traced op (DESIGN.md section 2): FLOPs of matrix
+// Analytic forward cost of one traced op (docs/design.md §3): FLOPs of matrix
 // products and convolutions counted exactly (2 per multiply-add), attention as
 // its two products, everything else one FLOP per output element; ops whose
 // outputs are views of their inputs cost nothing.

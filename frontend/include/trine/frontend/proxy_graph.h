@@ -1,5 +1,5 @@
 // ProxyGraph: trine's own small, serialisable picture of a traced model
-// (DESIGN.md section 2). It is what the partitioner reasons about and what
+// (docs/design.md §3). It is what the partitioner reasons about and what
 // users inspect: ops with costs, values with shapes and bytes, parameters, and
 // layers (ops grouped by the parameter prefix they read).
 //

@@ -1,4 +1,4 @@
-// Cutting a traced model into pipeline stages (DESIGN.md sections 2 and 3).
+// Cutting a traced model into pipeline stages (docs/design.md §3 and §5).
 //
 // Given an assignment of every layer to a stage that respects data flow (a
 // layer's stage is never before the stage of a layer it reads from), builds one

@@ -1,4 +1,4 @@
-// Tracing a user's model into a TracedModel (DESIGN.md section 2).
+// Tracing a user's model into a TracedModel (docs/design.md §3).
 //
 // Three kinds of model are accepted: any torch::nn::Module wrapped in an
 // AnyModule (its forward takes tensors and returns a Tensor, a

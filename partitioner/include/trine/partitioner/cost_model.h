@@ -1,5 +1,5 @@
 // What each layer of a model costs, the input of every partition method
-// (DESIGN.md section 3): time of its forward and backward on the device that
+// (docs/design.md §5): time of its forward and backward on the device that
 // will train it, and the activation memory one microbatch keeps on it until
 // its backward. Parameter memory is not per layer (a tied weight is held once
 // per stage, not once per layer): the partition graph adds it per stage.

@@ -1,5 +1,5 @@
 // Partition methods: each decides which pipeline stage runs every layer, behind
-// one interface (DESIGN.md section 3).
+// one interface (docs/design.md §5).
 //
 //   metis       METIS k-way on the layer graph (time and memory as two vertex
 //               weights, bytes crossing as edge weights), repaired into an

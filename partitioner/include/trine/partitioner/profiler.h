@@ -1,5 +1,5 @@
 // The layer profiler: measures what every layer of a traced model costs on the
-// current device (DESIGN.md section 3).
+// current device (docs/design.md §5).
 //
 // The model is cut into one stage per layer and trained on the sample batch
 // through SequentialStagedModel, so every layer runs exactly the ops (and the

@@ -1,5 +1,5 @@
 // Where this process sits in the job, as its launcher told it, and the
-// rendezvous that connects the processes (DESIGN.md section 8).
+// rendezvous that connects the processes (docs/design.md §7).
 //
 // Launchers recognised, first match wins:
 //   torchrun  RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT

@@ -1,5 +1,5 @@
-// The instructions a pipeline stage runs in one training step (DESIGN.md
-// section 4). A schedule is data: the executor interprets it, the checker
+// The instructions a pipeline stage runs in one training step
+// (docs/design.md §6). A schedule is data: the executor interprets it, the checker
 // proves it, and neither needs the other.
 #pragma once
 #include <string>
