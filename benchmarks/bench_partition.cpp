@@ -9,7 +9,7 @@
 //
 //   build/bin/bench_partition [--threads 1] [--repeats 5] [--out FILE]
 #include "bench_timing.h"
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/frontend/sequential_staged_model.h"
 #include "trine/launcher/example_models.h"
 #include "trine/partitioner/profiler.h"

@@ -6,7 +6,7 @@
 //
 //   build/bin/bench_staged_step [--threads 1] [--repeats 15] [--out FILE]
 #include "bench_timing.h"
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/frontend/sequential_staged_model.h"
 #include "trine/launcher/example_models.h"
 #include "trine/partitioner/partition_method.h"

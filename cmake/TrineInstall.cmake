@@ -9,14 +9,14 @@
 include(CMakePackageConfigHelpers)
 include(GNUInstallDirs)
 
-set(_trine_parts frontend partitioner tensor_parallel schedules recompute runtime)
+set(_trine_parts common frontend partitioner tensor_parallel schedules recompute runtime)
 foreach(part ${_trine_parts})
   set_target_properties(trine_${part} PROPERTIES EXPORT_NAME ${part})
   install(DIRECTORY ${CMAKE_SOURCE_DIR}/${part}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 endforeach()
 set_target_properties(trine_torch PROPERTIES EXPORT_NAME torch)
 set_target_properties(trine_metis PROPERTIES EXPORT_NAME metis)
-install(TARGETS trine_frontend trine_partitioner trine_tensor_parallel trine_schedules trine_recompute trine_runtime
+install(TARGETS trine_common trine_frontend trine_partitioner trine_tensor_parallel trine_schedules trine_recompute trine_runtime
                 trine_torch trine_metis
         EXPORT trineTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}

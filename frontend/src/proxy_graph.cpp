@@ -1,7 +1,8 @@
 // ProxyGraph queries, the layer table, and JSON (de)serialisation.
 #include "trine/frontend/proxy_graph.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
+#include "trine/common/json_reader.h"
 
 #include <cstdio>
 #include <set>
@@ -155,30 +156,43 @@ json ProxyGraph::to_json() const {
 }
 
 ProxyGraph ProxyGraph::from_json(const json& j) {
-  TORCH_CHECK(j.is_object() && j.value("format", "") == "trine.proxy_graph/1",
+  JsonObjectReader r(j, "the proxy graph");
+  TORCH_CHECK(r.get<std::string>("format", "") == "trine.proxy_graph/1",
               "not a trine proxy graph (expected \"format\": \"trine.proxy_graph/1\")");
   ProxyGraph g;
-  try {
-    g.description = j.at("description").get<std::string>();
-    g.has_loss = j.at("has_loss").get<bool>();
-    g.data_inputs = j.at("data_inputs").get<std::vector<int>>();
-    g.target_inputs = j.at("target_inputs").get<std::vector<int>>();
-    g.outputs = j.at("outputs").get<std::vector<int>>();
-    for (const auto& v : j.at("values"))
-      g.values.push_back({v.at("name"), v.at("is_tensor"), v.at("shape"), v.at("dtype"), v.at("bytes"),
-                          v.at("producer"), v.at("input_index"), v.at("consumers")});
-    for (const auto& o : j.at("ops"))
-      g.ops.push_back({o.at("kind"), o.at("inputs"), o.at("outputs"), o.at("params"), o.at("layer"),
-                       o.at("param_only"), o.at("random"), o.at("flops"), o.at("activation_bytes")});
-    for (const auto& p : j.at("params"))
-      g.params.push_back({p.at("name"), p.at("aliases"), p.at("value"), p.at("is_buffer"), p.at("requires_grad"),
-                          p.at("shape"), p.at("bytes"), p.at("layers")});
-    for (const auto& l : j.at("layers"))
-      g.layers.push_back({l.at("name"), l.at("ops"), l.at("params"), l.at("flops"), l.at("param_bytes"),
-                          l.at("activation_bytes")});
-  } catch (const json::exception& e) {
-    TORCH_CHECK(false, "malformed trine proxy graph: ", e.what());
+  g.description = r.required<std::string>("description");
+  g.has_loss = r.required<bool>("has_loss");
+  g.data_inputs = r.required<std::vector<int>>("data_inputs");
+  g.target_inputs = r.required<std::vector<int>>("target_inputs");
+  g.outputs = r.required<std::vector<int>>("outputs");
+  for (auto& v : r.objects("values")) {
+    g.values.push_back({v.required<std::string>("name"), v.required<bool>("is_tensor"),
+                        v.required<std::vector<int64_t>>("shape"), v.required<std::string>("dtype"),
+                        v.required<int64_t>("bytes"), v.required<int>("producer"), v.required<int>("input_index"),
+                        v.required<std::vector<int>>("consumers")});
+    v.finish();
   }
+  for (auto& o : r.objects("ops")) {
+    g.ops.push_back({o.required<std::string>("kind"), o.required<std::vector<int>>("inputs"),
+                     o.required<std::vector<int>>("outputs"), o.required<std::vector<int>>("params"),
+                     o.required<int>("layer"), o.required<bool>("param_only"), o.required<bool>("random"),
+                     o.required<double>("flops"), o.required<int64_t>("activation_bytes")});
+    o.finish();
+  }
+  for (auto& p : r.objects("params")) {
+    g.params.push_back({p.required<std::string>("name"), p.required<std::vector<std::string>>("aliases"),
+                        p.required<int>("value"), p.required<bool>("is_buffer"), p.required<bool>("requires_grad"),
+                        p.required<std::vector<int64_t>>("shape"), p.required<int64_t>("bytes"),
+                        p.required<std::vector<int>>("layers")});
+    p.finish();
+  }
+  for (auto& l : r.objects("layers")) {
+    g.layers.push_back({l.required<std::string>("name"), l.required<std::vector<int>>("ops"),
+                        l.required<std::vector<int>>("params"), l.required<double>("flops"),
+                        l.required<int64_t>("param_bytes"), l.required<int64_t>("activation_bytes")});
+    l.finish();
+  }
+  r.finish();
   const int nv = static_cast<int>(g.values.size()), no = static_cast<int>(g.ops.size());
   const int nl = static_cast<int>(g.layers.size());
   for (size_t o = 0; o < g.ops.size(); ++o) {

@@ -1,6 +1,6 @@
 #include "data_sources.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/serialize.h>

@@ -1,6 +1,6 @@
 #include "job_config.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/runtime/losses.h"
 
 #include <algorithm>

@@ -3,7 +3,7 @@
 // reads with "data": {"kind": "tokens", "dtype": "uint16"}.
 #include "commands.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 
 #include <cstdio>
 #include <cstring>

@@ -1,5 +1,7 @@
 #include "trine/partitioner/cost_model.h"
 
+#include "trine/common/json_reader.h"
+
 #include <c10/util/Exception.h>
 
 #include <cstdio>
@@ -58,16 +60,16 @@ nlohmann::json CostModel::to_json() const {
 }
 
 CostModel CostModel::from_json(const nlohmann::json& j) {
+  JsonObjectReader r(j, "the cost model");
   CostModel c;
-  try {
-    c.source = j.at("source").get<std::string>();
-    c.optimizer_state_factor = j.at("optimizer_state_factor").get<double>();
-    for (const auto& l : j.at("layers"))
-      c.layers.push_back({l.at("forward_s").get<double>(), l.at("backward_s").get<double>(),
-                          l.at("activation_bytes").get<int64_t>()});
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, "malformed cost model JSON: ", e.what());
+  c.source = r.required<std::string>("source");
+  c.optimizer_state_factor = r.required<double>("optimizer_state_factor");
+  for (auto& l : r.objects("layers")) {
+    c.layers.push_back({l.required<double>("forward_s"), l.required<double>("backward_s"),
+                        l.required<int64_t>("activation_bytes")});
+    l.finish();
   }
+  r.finish();
   return c;
 }
 

@@ -1,12 +1,13 @@
-// StagePlan <-> JSON ("trine.stage_plan/1"). Reading is strict: a plan may be
-// edited by hand, so unknown keys and wrong types are errors that say where.
+// StagePlan <-> JSON ("trine.stage_plan/1"). Reading is strict (common's
+// JsonObjectReader): a plan may be edited by hand, so unknown keys and wrong
+// types are errors that say where.
 #include "trine/partitioner/stage_plan.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
+#include "trine/common/json_reader.h"
 
 #include <c10/util/Exception.h>
 
-#include <set>
 
 namespace trine {
 
@@ -25,32 +26,13 @@ json transfers_to_json(const std::vector<PlanTransfer>& ts, const char* peer_key
   return out;
 }
 
-// Reads `key` of object `obj` as T, or fails saying where and what was expected.
-template <typename T>
-T field(const json& obj, const char* key, const std::string& where) {
-  TORCH_CHECK(obj.contains(key), "stage plan: ", where, " has no '", key, "'");
-  try {
-    return obj.at(key).get<T>();
-  } catch (const json::exception&) {
-    TORCH_CHECK(false, "stage plan: '", key, "' in ", where, " has the wrong type (", obj.at(key).type_name(), ")");
-  }
-}
-
-void only_keys(const json& obj, const std::set<std::string>& keys, const std::string& where) {
-  TORCH_CHECK(obj.is_object(), "stage plan: ", where, " must be a JSON object");
-  for (const auto& [key, value] : obj.items())
-    TORCH_CHECK(keys.count(key), "stage plan: unknown key '", key, "' in ", where);
-}
-
-std::vector<PlanTransfer> transfers_from_json(const json& arr, const char* peer_key, const std::string& where) {
-  TORCH_CHECK(arr.is_array(), "stage plan: ", where, " must be an array");
+std::vector<PlanTransfer> transfers_from_json(JsonObjectReader& stage, const char* key, const char* peer_key) {
   std::vector<PlanTransfer> out;
-  for (size_t i = 0; i < arr.size(); ++i) {
-    const std::string at = where + "[" + std::to_string(i) + "]";
-    only_keys(arr[i], {"value", peer_key, "bytes", "shape", "dtype"}, at);
-    out.push_back({field<std::string>(arr[i], "value", at), field<int>(arr[i], peer_key, at),
-                   field<int64_t>(arr[i], "bytes", at), field<std::vector<int64_t>>(arr[i], "shape", at),
-                   field<std::string>(arr[i], "dtype", at)});
+  TORCH_CHECK(stage.has(key), stage.path(), " has no '", key, "', which is required");
+  for (auto& t : stage.objects(key)) {
+    out.push_back({t.required<std::string>("value"), t.required<int>(peer_key), t.required<int64_t>("bytes"),
+                   t.required<std::vector<int64_t>>("shape"), t.required<std::string>("dtype")});
+    t.finish();
   }
   return out;
 }
@@ -89,45 +71,41 @@ json StagePlan::to_json() const {
 }
 
 StagePlan StagePlan::from_json(const json& j) {
-  only_keys(j, {"format", "model", "method", "cost_source", "schedule", "microbatches", "memory_limit_bytes",
-                "num_layers", "stages", "summary"},
-            "the plan");
-  const auto format = field<std::string>(j, "format", "the plan");
+  JsonObjectReader r(j, "the plan");
+  const auto format = r.required<std::string>("format");
   TORCH_CHECK(format == kFormat, "not a trine stage plan: format is '", format, "', expected '", kFormat, "'");
   StagePlan p;
-  p.model = field<std::string>(j, "model", "the plan");
-  p.method = field<std::string>(j, "method", "the plan");
-  p.cost_source = field<std::string>(j, "cost_source", "the plan");
-  const auto schedule = field<std::string>(j, "schedule", "the plan");
+  p.model = r.required<std::string>("model");
+  p.method = r.required<std::string>("method");
+  p.cost_source = r.required<std::string>("cost_source");
+  const auto schedule = r.required<std::string>("schedule");
   TORCH_CHECK(schedule == "1f1b" || schedule == "gpipe", "stage plan: schedule '", schedule,
               "' is not one of 1f1b, gpipe");
   p.pipeline.schedule = schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
-  p.pipeline.microbatches = field<int>(j, "microbatches", "the plan");
-  p.memory_limit_bytes = field<int64_t>(j, "memory_limit_bytes", "the plan");
-  p.num_layers = field<int>(j, "num_layers", "the plan");
-  const json& stages_json = j.at("stages");
-  TORCH_CHECK(stages_json.is_array(), "stage plan: 'stages' must be an array");
-  for (size_t s = 0; s < stages_json.size(); ++s) {
-    const json& sj = stages_json[s];
-    const std::string where = "stage " + std::to_string(s);
-    only_keys(sj, {"layers", "params", "forward_s", "backward_s", "param_bytes", "state_bytes", "activation_bytes",
-                   "in_flight", "memory_bytes", "sends", "receives"},
-              where);
+  p.pipeline.microbatches = r.required<int>("microbatches");
+  p.memory_limit_bytes = r.required<int64_t>("memory_limit_bytes");
+  p.num_layers = r.required<int>("num_layers");
+  r.object("summary");  // for readers; recomputed from the stages
+  TORCH_CHECK(r.has("stages"), "the plan has no 'stages', which is required");
+  auto stages = r.objects("stages");
+  for (size_t s = 0; s < stages.size(); ++s) {
+    JsonObjectReader& sj = stages[s];
     PlanStage st;
-    st.layers = field<std::vector<std::string>>(sj, "layers", where);
-    st.params = field<std::vector<std::string>>(sj, "params", where);
-    st.forward_s = field<double>(sj, "forward_s", where);
-    st.backward_s = field<double>(sj, "backward_s", where);
-    st.param_bytes = field<int64_t>(sj, "param_bytes", where);
-    st.state_bytes = field<int64_t>(sj, "state_bytes", where);
-    st.activation_bytes = field<int64_t>(sj, "activation_bytes", where);
-    st.in_flight = field<int>(sj, "in_flight", where);
-    st.memory_bytes = field<int64_t>(sj, "memory_bytes", where);
-    TORCH_CHECK(sj.contains("sends") && sj.contains("receives"), "stage plan: ", where, " needs 'sends' and 'receives'");
-    st.sends = transfers_from_json(sj.at("sends"), "to", where + " sends");
-    st.receives = transfers_from_json(sj.at("receives"), "from", where + " receives");
+    st.layers = sj.required<std::vector<std::string>>("layers");
+    st.params = sj.required<std::vector<std::string>>("params");
+    st.forward_s = sj.required<double>("forward_s");
+    st.backward_s = sj.required<double>("backward_s");
+    st.param_bytes = sj.required<int64_t>("param_bytes");
+    st.state_bytes = sj.required<int64_t>("state_bytes");
+    st.activation_bytes = sj.required<int64_t>("activation_bytes");
+    st.in_flight = sj.required<int>("in_flight");
+    st.memory_bytes = sj.required<int64_t>("memory_bytes");
+    st.sends = transfers_from_json(sj, "sends", "to");
+    st.receives = transfers_from_json(sj, "receives", "from");
+    sj.finish();
     p.stages.push_back(std::move(st));
   }
+  r.finish();
   p.check();
   return p;
 }

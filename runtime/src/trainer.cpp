@@ -1,6 +1,6 @@
 #include "trine/runtime/trainer.h"
 
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/partitioner/cost_model.h"

@@ -1,7 +1,7 @@
 // The proxy IR: layers, costs, JSON.
 #include "../common/reference.h"
 #include "trine/examples/gpt.h"
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"
 
 #include <gtest/gtest.h>

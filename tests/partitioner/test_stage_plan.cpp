@@ -1,6 +1,6 @@
 // StagePlan: what a plan holds, JSON round trips, and every check on creation
 // and on load naming the stage or layer at fault.
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 #include "trine/partitioner/stage_plan.h"
 #include "../common/reference.h"
 
@@ -113,12 +113,12 @@ TEST(StagePlan, LoadRejectsBrokenPlansSayingWhere) {
   {
     json j = good;
     j["stages"][0]["bogus"] = 1;
-    EXPECT_ERROR(load(j), "unknown key 'bogus' in stage 0");
+    EXPECT_ERROR(load(j), "unknown key 'bogus' in the plan.stages[0]");
   }
   {
     json j = good;
     j["num_layers"] = "many";
-    EXPECT_ERROR(load(j), "'num_layers' in the plan has the wrong type (string)");
+    EXPECT_ERROR(load(j), "the plan.num_layers must be an integer, got a string");
   }
   {
     json j = good;

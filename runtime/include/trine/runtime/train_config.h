@@ -3,7 +3,7 @@
 // logging and checkpoints. Read from JSON strictly (docs/config.md lists
 // every key); `check()` validates values against each other.
 #pragma once
-#include "trine/runtime/json_reader.h"
+#include "trine/common/json_reader.h"
 
 #include <cstdint>
 #include <string>

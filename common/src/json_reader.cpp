@@ -1,4 +1,4 @@
-#include "trine/runtime/json_reader.h"
+#include "trine/common/json_reader.h"
 
 #include <c10/util/Exception.h>
 
@@ -58,6 +58,14 @@ std::vector<int64_t> convert(const nlohmann::json& j, const std::string& where) 
   if (!j.is_array()) wrong_type(where, "a list of integers", j);
   std::vector<int64_t> out;
   for (const auto& e : j) out.push_back(convert<int64_t>(e, where + "[]"));
+  return out;
+}
+
+template <>
+std::vector<int> convert(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_array()) wrong_type(where, "a list of integers", j);
+  std::vector<int> out;
+  for (const auto& e : j) out.push_back(convert<int>(e, where + "[]"));
   return out;
 }
 
@@ -126,6 +134,11 @@ template std::vector<std::string> JsonObjectReader::get(const std::string&, cons
 template std::vector<int64_t> JsonObjectReader::get(const std::string&, const std::vector<int64_t>&);
 template int64_t JsonObjectReader::required(const std::string&);
 template std::vector<int64_t> JsonObjectReader::required(const std::string&);
+template int JsonObjectReader::required(const std::string&);
+template bool JsonObjectReader::required(const std::string&);
+template std::vector<int> JsonObjectReader::required(const std::string&);
+template double JsonObjectReader::required(const std::string&);
+template std::vector<std::string> JsonObjectReader::required(const std::string&);
 template std::string JsonObjectReader::required(const std::string&);
 
 }  // namespace trine

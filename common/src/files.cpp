@@ -1,4 +1,4 @@
-#include "trine/frontend/atomic_file.h"
+#include "trine/common/files.h"
 
 #include <c10/util/Exception.h>
 
