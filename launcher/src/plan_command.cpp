@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "trine/partitioner/profiler.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <iostream>
 
@@ -20,8 +21,9 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
   cmd->add_option("--memory-limit", a.memory_limit, "per-stage memory limit, e.g. 2GiB (default: none)");
   cmd->add_option("--microbatches", a.microbatches, "microbatches per step (sets activations in flight; 0: >= stages)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--schedule", a.schedule, "pipeline schedule the plan is for: 1f1b|gpipe")
-      ->check(CLI::IsMember({"1f1b", "gpipe"}));
+  std::string help = "pipeline schedule the plan is for:";
+  for (const auto& s : registered_schedules()) help += "\n  " + s.name + ": " + s.summary;
+  cmd->add_option("--schedule", a.schedule, help)->check(CLI::IsMember(schedule_names()));
   cmd->add_option("--partition-seed", a.partition_seed, "METIS's random seed");
   cmd->add_option("--starts", a.starts, "manual: the first layer of each stage after the first (comma-separated)")
       ->delimiter(',')
@@ -34,7 +36,7 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
   PlanOptions o;
   o.stages = a.stages;
   o.memory_limit_bytes = a.memory_limit.empty() ? 0 : parse_bytes(a.memory_limit, "--memory-limit");
-  o.pipeline.schedule = a.schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
+  o.pipeline.schedule = a.schedule;
   o.pipeline.microbatches = a.microbatches;
   o.seed = a.partition_seed;
   o.manual_starts = a.starts;

@@ -1,5 +1,7 @@
 #include "trine/partitioner/partition_graph.h"
 
+#include "trine/schedules/schedule_registry.h"
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -105,8 +107,7 @@ PartitionGraph make_partition_graph(const ProxyGraph& proxy, const CostModel& co
 
 int PipelineShape::in_flight(int stage, int num_stages) const {
   const int m = microbatches > 0 ? microbatches : num_stages;
-  if (schedule == Schedule::GPipe) return m;
-  return std::max(1, std::min(num_stages - stage, m));
+  return std::max(1, peak_in_flight(schedule, num_stages, m).at(stage));
 }
 
 std::vector<StageEstimate> estimate_stages(const PartitionGraph& graph, const std::vector<int>& stage_of_layer,

@@ -5,6 +5,7 @@
 
 #include "trine/common/files.h"
 #include "trine/common/json_reader.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <c10/util/Exception.h>
 
@@ -16,8 +17,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kFormat = "trine.stage_plan/1";
-
-const char* schedule_name(PipelineShape::Schedule s) { return s == PipelineShape::Schedule::GPipe ? "gpipe" : "1f1b"; }
 
 json transfers_to_json(const std::vector<PlanTransfer>& ts, const char* peer_key) {
   json out = json::array();
@@ -57,7 +56,7 @@ json StagePlan::to_json() const {
           {"model", model},
           {"method", method},
           {"cost_source", cost_source},
-          {"schedule", schedule_name(pipeline.schedule)},
+          {"schedule", pipeline.schedule},
           {"microbatches", pipeline.microbatches},
           {"memory_limit_bytes", memory_limit_bytes},
           {"num_layers", num_layers},
@@ -78,10 +77,7 @@ StagePlan StagePlan::from_json(const json& j) {
   p.model = r.required<std::string>("model");
   p.method = r.required<std::string>("method");
   p.cost_source = r.required<std::string>("cost_source");
-  const auto schedule = r.required<std::string>("schedule");
-  TORCH_CHECK(schedule == "1f1b" || schedule == "gpipe", "stage plan: schedule '", schedule,
-              "' is not one of 1f1b, gpipe");
-  p.pipeline.schedule = schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
+  p.pipeline.schedule = find_schedule(r.required<std::string>("schedule")).name;
   p.pipeline.microbatches = r.required<int>("microbatches");
   p.memory_limit_bytes = r.required<int64_t>("memory_limit_bytes");
   p.num_layers = r.required<int>("num_layers");

@@ -1,7 +1,10 @@
 #include "trine/runtime/train_config.h"
 
+#include "trine/schedules/schedule_registry.h"
+
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace trine {
@@ -79,8 +82,12 @@ void TrainConfig::check() const {
               ", but tensor parallelism is not implemented yet: use tp = 1");
   TORCH_CHECK(global_batch >= 0, "config.global_batch must be positive (or 0: the sample's batch size)");
   TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
-  TORCH_CHECK(schedule == "gpipe" || schedule == "1f1b", "config.schedule '", schedule,
-              "' is unknown; use \"gpipe\" or \"1f1b\"");
+  const auto schedules = schedule_names();
+  if (std::find(schedules.begin(), schedules.end(), schedule) == schedules.end()) {
+    std::string known;
+    for (const auto& n : schedules) known += (known.empty() ? "\"" : ", \"") + n + "\"";
+    TORCH_CHECK(false, "config.schedule '", schedule, "' is unknown; known schedules: ", known);
+  }
   TORCH_CHECK(optimizer.name == "adamw" || optimizer.name == "sgd", "config.optimizer.name '", optimizer.name,
               "' is unknown; use \"adamw\" or \"sgd\"");
   TORCH_CHECK(optimizer.lr > 0, "config.optimizer.lr must be positive, got ", optimizer.lr);

@@ -9,7 +9,7 @@
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/distributed_session.h"
 #include "trine/runtime/pipeline_executor.h"
-#include "trine/schedules/pipeline_schedule.h"
+#include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_checker.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -198,8 +198,7 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
       PlanOptions o;
       o.stages = par.pp;
       o.memory_limit_bytes = config.partition.memory_limit_bytes;
-      o.pipeline.schedule =
-          config.schedule == "gpipe" ? PipelineShape::Schedule::GPipe : PipelineShape::Schedule::OneFOneB;
+      o.pipeline.schedule = config.schedule;
       o.pipeline.microbatches = config.microbatches;
       o.seed = config.seed;
       o.manual_starts = config.partition.starts;
@@ -272,7 +271,6 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
   // Prove the schedule on this plan's topology before running it: skip
   // transfers (stage i straight to i+2 or later) are safe with Gloo's
   // background sends, but can deadlock 1F1B under NCCL's blocking ones.
-  const ScheduleKind kind = parse_schedule_kind(config.schedule);
   StageTopology topology;
   topology.consumers.resize(par.pp);
   for (const auto& st : stages) {
@@ -281,13 +279,13 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
     topology.consumers[st.stage].assign(to.begin(), to.end());
   }
   try {
-    check_schedule(pipeline_schedule(kind, par.pp, config.microbatches), config.microbatches, topology,
+    check_schedule(pipeline_schedule(config.schedule, par.pp, config.microbatches), config.microbatches, topology,
                    device.is_cpu() ? SendMode::Buffered : SendMode::Blocking);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "the ", config.schedule, " schedule cannot run this plan on ", device, ": ",
                 e.what_without_backtrace(), "\n(try \"schedule\": \"gpipe\", or a plan whose stages send only to the next)");
   }
-  auto program = stage_schedule(kind, par.pp, config.microbatches, m.stage);
+  auto program = stage_schedule(config.schedule, par.pp, config.microbatches, m.stage);
   m.executor = std::make_unique<PipelineExecutor>(m.traced, m.proxy, std::move(stages), m.stage, std::move(program),
                                                   groups, eo);
 

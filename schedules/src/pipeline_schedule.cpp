@@ -57,14 +57,6 @@ class ProgramBuilder {
 
 }  // namespace
 
-ScheduleKind parse_schedule_kind(const std::string& name) {
-  if (name == "gpipe") return ScheduleKind::GPipe;
-  if (name == "1f1b") return ScheduleKind::OneFOneB;
-  TORCH_CHECK(false, "unknown pipeline schedule '", name, "'; known: gpipe, 1f1b");
-}
-
-std::string to_string(ScheduleKind kind) { return kind == ScheduleKind::GPipe ? "gpipe" : "1f1b"; }
-
 std::vector<Instruction> gpipe_schedule(int stages, int microbatches, int stage) {
   check_shape(stages, microbatches, stage);
   ProgramBuilder b(stages, stage);
@@ -96,17 +88,6 @@ std::vector<Instruction> one_f_one_b_schedule(int stages, int microbatches, int 
   for (int mb = steady; mb < microbatches; ++mb)
     b.transfer(Kind::RecvGrad, mb).compute(Instruction::backward(mb)).transfer(Kind::SendGrad, mb).flush();
   return b.finish();
-}
-
-std::vector<Instruction> stage_schedule(ScheduleKind kind, int stages, int microbatches, int stage) {
-  return kind == ScheduleKind::GPipe ? gpipe_schedule(stages, microbatches, stage)
-                                     : one_f_one_b_schedule(stages, microbatches, stage);
-}
-
-std::vector<std::vector<Instruction>> pipeline_schedule(ScheduleKind kind, int stages, int microbatches) {
-  std::vector<std::vector<Instruction>> out;
-  for (int s = 0; s < stages; ++s) out.push_back(stage_schedule(kind, stages, microbatches, s));
-  return out;
 }
 
 }  // namespace trine

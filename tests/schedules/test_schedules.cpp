@@ -3,6 +3,7 @@
 // broken schedules are caught with a message that says what went wrong.
 #include "trine/schedules/pipeline_schedule.h"
 #include "trine/schedules/schedule_checker.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <gtest/gtest.h>
 
@@ -27,8 +28,8 @@ TEST(Schedules, EveryChainScheduleUpTo16StagesAnd64MicrobatchesIsProven) {
   for (int p = 1; p <= 16; ++p) {
     for (int m = 1; m <= 64; ++m) {
       const auto topo = StageTopology::chain(p);
-      const auto gpipe = check_schedule(pipeline_schedule(ScheduleKind::GPipe, p, m), m, topo);
-      const auto ofob = check_schedule(pipeline_schedule(ScheduleKind::OneFOneB, p, m), m, topo);
+      const auto gpipe = check_schedule(pipeline_schedule("gpipe", p, m), m, topo);
+      const auto ofob = check_schedule(pipeline_schedule("1f1b", p, m), m, topo);
       for (int s = 0; s < p; ++s) {
         ASSERT_EQ(gpipe.peak_in_flight[s], m) << "gpipe p=" << p << " m=" << m << " stage " << s;
         ASSERT_EQ(ofob.peak_in_flight[s], std::min(p - s, m)) << "1f1b p=" << p << " m=" << m << " stage " << s;
@@ -61,16 +62,16 @@ TEST(Schedules, SchedulesWithSkipTransfersAreProven) {
       for (size_t e = 0; e < skips.size(); ++e)
         if (mask & (1u << e)) topo.consumers[skips[e].first].push_back(skips[e].second);
       for (int m : {1, 2, 3, 5, 8, 13}) {
-        for (auto kind : {ScheduleKind::GPipe, ScheduleKind::OneFOneB}) {
-          SCOPED_TRACE(to_string(kind) + " p=" + std::to_string(p) + " m=" + std::to_string(m) +
+        for (std::string kind : {"gpipe", "1f1b"}) {
+          SCOPED_TRACE(kind + " p=" + std::to_string(p) + " m=" + std::to_string(m) +
                        " skip mask " + std::to_string(mask));
           const auto r = check_schedule(pipeline_schedule(kind, p, m), m, topo, SendMode::Buffered);
           // GPipe needs no buffering even with skip transfers (what the
           // runtime suggests when 1F1B cannot run a plan under NCCL).
-          if (kind == ScheduleKind::GPipe) {
+          if (kind == "gpipe") {
             EXPECT_NO_THROW(check_schedule(pipeline_schedule(kind, p, m), m, topo));
           }
-          if (kind == ScheduleKind::OneFOneB) {
+          if (kind == "1f1b") {
             for (int s = 0; s < p; ++s) EXPECT_EQ(r.peak_in_flight[s], std::min(p - s, m));
           }
         }
@@ -82,7 +83,7 @@ TEST(Schedules, SchedulesWithSkipTransfersAreProven) {
 TEST(Schedules, SkipTransfersDeadlockOneFOneBWithBlockingSends) {
   auto topo = StageTopology::chain(4);
   topo.consumers[0].push_back(3);
-  const auto program = pipeline_schedule(ScheduleKind::OneFOneB, 4, 4);
+  const auto program = pipeline_schedule("1f1b", 4, 4);
   const auto msg = check_error(program, 4, topo);
   EXPECT_NE(msg.find("deadlocks under blocking"), std::string::npos) << msg;
   EXPECT_NO_THROW(check_schedule(program, 4, topo, SendMode::Buffered));
@@ -109,13 +110,13 @@ TEST(Schedules, UnbatchedSendsBeforeReceivesDeadlock) {
 
 TEST(Schedules, CheckerNamesBrokenSchedules) {
   const auto topo = StageTopology::chain(2);
-  auto missing_recv = pipeline_schedule(ScheduleKind::GPipe, 2, 2);
+  auto missing_recv = pipeline_schedule("gpipe", 2, 2);
   missing_recv[1].erase(missing_recv[1].begin());  // stage 1 never receives activation 0
   EXPECT_NE(check_error(missing_recv, 2, topo).find("activation of microbatch 0 from stage 0 to stage 1 is sent 1 "
                                                     "time(s) and received 0"),
             std::string::npos);
 
-  auto twice = pipeline_schedule(ScheduleKind::GPipe, 1, 2);
+  auto twice = pipeline_schedule("gpipe", 1, 2);
   twice[0][1] = Instruction::forward(0);
   EXPECT_NE(check_error(twice, 2, StageTopology::chain(1)).find("microbatch 0 is forwarded twice"), std::string::npos);
 
@@ -124,14 +125,32 @@ TEST(Schedules, CheckerNamesBrokenSchedules) {
   EXPECT_NE(check_error(early, 1, StageTopology::chain(1)).find("backward of microbatch 0 before its forward"),
             std::string::npos);
 
-  auto no_backward = pipeline_schedule(ScheduleKind::GPipe, 1, 2);
+  auto no_backward = pipeline_schedule("gpipe", 1, 2);
   no_backward[0].erase(no_backward[0].begin() + 3);  // drop B1
   EXPECT_NE(check_error(no_backward, 2, StageTopology::chain(1)).find("before the backward of microbatch 1"),
             std::string::npos);
 
   EXPECT_THROW(one_f_one_b_schedule(2, 0, 0), c10::Error);
   EXPECT_THROW(gpipe_schedule(2, 4, 2), c10::Error);
-  EXPECT_THROW(parse_schedule_kind("zero-bubble"), c10::Error);
+  EXPECT_THROW(find_schedule("zero-bubble"), c10::Error);
+}
+
+// The registry is the one list of schedules: names, summaries, generators,
+// and the in-flight counts the partitioner uses come from the checker.
+TEST(Schedules, RegistryNamesEveryScheduleOnceAndMeasuresItsMemory) {
+  EXPECT_EQ(schedule_names(), (std::vector<std::string>{"1f1b", "gpipe"}));
+  for (const auto& spec : registered_schedules()) EXPECT_FALSE(spec.summary.empty()) << spec.name;
+  EXPECT_EQ(peak_in_flight("1f1b", 4, 8), (std::vector<int>{4, 3, 2, 1}));
+  EXPECT_EQ(peak_in_flight("gpipe", 4, 8), (std::vector<int>{8, 8, 8, 8}));
+  EXPECT_EQ(peak_in_flight("1f1b", 4, 2), (std::vector<int>{2, 2, 2, 1}));
+  std::string err;
+  try {
+    find_schedule("zero-bubble");
+  } catch (const c10::Error& e) {
+    err = e.what_without_backtrace();
+  }
+  EXPECT_NE(err.find("schedule 'zero-bubble' is unknown; known schedules: \"1f1b\", \"gpipe\""), std::string::npos)
+      << err;
 }
 
 }  // namespace

@@ -55,10 +55,10 @@ PartitionGraph make_partition_graph(const ProxyGraph& proxy, const CostModel& co
 
 // How a plan will run: decides how many microbatches each stage holds at once.
 struct PipelineShape {
-  enum class Schedule { OneFOneB, GPipe };
-  Schedule schedule = Schedule::OneFOneB;
-  int microbatches = 0;  // 0: unknown, assumed >= the number of stages
-  // 1F1B: stage s of k holds min(k - s, m); GPipe: all m (k when m is unknown).
+  std::string schedule = "1f1b";  // a name from schedules/schedule_registry.h
+  int microbatches = 0;           // 0: unknown, taken as the number of stages
+  // Microbatches stage `stage` of `num_stages` holds at once: the schedule's
+  // own peak, as the schedule checker measures it (1F1B: min(k - s, m); GPipe: m).
   int in_flight(int stage, int num_stages) const;
 };
 

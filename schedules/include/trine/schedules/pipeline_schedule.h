@@ -1,5 +1,6 @@
-// Pipeline schedules as pure functions: (kind, stages p, microbatches m,
-// stage s) -> that stage's instruction list for one training step.
+// Pipeline schedules as pure functions: (stages p, microbatches m, stage s) ->
+// that stage's instruction list for one training step. Each is registered by
+// name in schedule_registry.h, where the rest of trine finds it.
 //
 //   GPipe: every forward, then every backward. Stage s holds m microbatches.
 //   1F1B (PipeDream-flush): p-s-1 warm-up forwards, then one forward and one
@@ -18,18 +19,8 @@
 
 namespace trine {
 
-enum class ScheduleKind { GPipe, OneFOneB };
-
-// "gpipe" | "1f1b"; throws listing the known names otherwise.
-ScheduleKind parse_schedule_kind(const std::string& name);
-std::string to_string(ScheduleKind kind);
-
 // Throws unless p >= 1, m >= 1 and 0 <= stage < p.
 std::vector<Instruction> gpipe_schedule(int stages, int microbatches, int stage);
 std::vector<Instruction> one_f_one_b_schedule(int stages, int microbatches, int stage);
-std::vector<Instruction> stage_schedule(ScheduleKind kind, int stages, int microbatches, int stage);
-
-// Every stage's list.
-std::vector<std::vector<Instruction>> pipeline_schedule(ScheduleKind kind, int stages, int microbatches);
 
 }  // namespace trine
