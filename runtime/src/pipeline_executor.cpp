@@ -3,6 +3,7 @@
 #include "buffer_sync.h"
 
 #include <algorithm>
+#include <set>
 #include <chrono>
 
 namespace trine {
@@ -77,8 +78,18 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
   };
   recv_from_ = positions(from);
   send_to_ = positions(to);
-  for (size_t i = 0; i < program_.size(); ++i)
+  std::set<int> forwarded;
+  for (size_t i = 0; i < program_.size(); ++i) {
     if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
+    if (program_[i].op == Instruction::Op::Forward) forwarded.insert(program_[i].microbatch);
+  }
+  // One source of truth for the microbatch count: the program must forward
+  // exactly microbatches 0 .. m-1 of the options this executor splits by.
+  TORCH_INTERNAL_ASSERT(static_cast<int>(forwarded.size()) == options_.microbatches &&
+                            (forwarded.empty() || (*forwarded.begin() == 0 &&
+                                                   *forwarded.rbegin() == options_.microbatches - 1)),
+                        "stage ", stage_, "'s program forwards ", forwarded.size(), " microbatches, but the executor "
+                        "splits every batch into ", options_.microbatches);
   // The traced shapes of received activations: known before they arrive.
   input_shapes_.resize(me.inputs.size());
   for (size_t i = 0; i < me.inputs.size(); ++i) {

@@ -8,6 +8,7 @@
 #include "trine/partitioner/stage_plan.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/distributed_session.h"
+#include "trine/runtime/optimizer.h"
 #include "trine/runtime/pipeline_executor.h"
 #include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_checker.h"
@@ -205,6 +206,8 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
       CostModel costs = config.partition.profile
                             ? profile_layers(m.traced, m.proxy, first)
                             : analytic_costs(m.proxy);
+      // Memory as this run's optimizer will use it (AdamW 2x, SGD 1x or 0x).
+      costs.optimizer_state_factor = optimizer_state_factor(config.optimizer);
       const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
       published = "plan:" + plan_stages(m.proxy, costs, method, o).to_json().dump();
     } catch (const c10::Error& e) {
@@ -294,14 +297,7 @@ void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Devi
       std::fprintf(stderr, "trine: note (rank %d): buffer '%s' is updated in place in a way that cannot be combined "
                    "across data-parallel replicas exactly; after every step each replica takes replica 0's value\n",
                    m.rank, name.c_str());
-  const auto& o = config.optimizer;
-  const auto& params = m.executor->parameters();
-  if (o.name == "adamw")
-    m.optimizer = std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay));
-  else
-    m.optimizer = std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  m.optimizer = make_optimizer(config.optimizer, m.executor->parameters());
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
 }
@@ -331,12 +327,7 @@ void Trainer::Impl::optimizer_step() {
         if (p.grad().defined()) p.grad().mul_(coef);
   }
   const double lr = learning_rate(config.optimizer, config.lr_schedule, step, config.steps);
-  for (auto& group : optimizer->param_groups()) {
-    if (config.optimizer.name == "adamw")
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    else
-      static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
-  }
+  set_learning_rate(*optimizer, config.optimizer, lr);
   optimizer->step();
   optimizer->zero_grad(true);
 }
