@@ -45,28 +45,26 @@ std::string convert(const nlohmann::json& j, const std::string& where) {
   if (!j.is_string()) wrong_type(where, "a string", j);
   return j.get<std::string>();
 }
+// A list whose every element converts to E; `what` names the list in messages.
+template <class E>
+std::vector<E> convert_list(const nlohmann::json& j, const std::string& where, const char* what) {
+  if (!j.is_array()) wrong_type(where, what, j);
+  std::vector<E> out;
+  for (const auto& e : j) out.push_back(convert<E>(e, where + "[]"));
+  return out;
+}
+
 template <>
 std::vector<std::string> convert(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_array()) wrong_type(where, "a list of strings", j);
-  std::vector<std::string> out;
-  for (const auto& e : j) out.push_back(convert<std::string>(e, where + "[]"));
-  return out;
+  return convert_list<std::string>(j, where, "a list of strings");
 }
-
 template <>
 std::vector<int64_t> convert(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_array()) wrong_type(where, "a list of integers", j);
-  std::vector<int64_t> out;
-  for (const auto& e : j) out.push_back(convert<int64_t>(e, where + "[]"));
-  return out;
+  return convert_list<int64_t>(j, where, "a list of integers");
 }
-
 template <>
 std::vector<int> convert(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_array()) wrong_type(where, "a list of integers", j);
-  std::vector<int> out;
-  for (const auto& e : j) out.push_back(convert<int>(e, where + "[]"));
-  return out;
+  return convert_list<int>(j, where, "a list of integers");
 }
 
 }  // namespace
