@@ -107,6 +107,16 @@ struct Trainer::Impl {
   bool accept_step(double loss, double norm);
 
   void optimizer_step();
+
+  // The construction steps, in the order Trainer::init runs them.
+  void split_batch(const SampleBatch& sample);
+  std::string trace_model(const Tracer& tracer, const SampleBatch& first, c10::Device device);
+  std::string plan_on_rank_0(const SampleBatch& first) const;
+  void agree_on_plan(c10d::Store& store, const std::string& trace_error, const SampleBatch& first,
+                     std::chrono::milliseconds timeout);
+  ExecutorGroups make_groups(const std::vector<StageProgram>& stages, const std::string& prefix, c10::Device device,
+                             std::chrono::milliseconds timeout);
+  void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
 };
 
 Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
@@ -131,173 +141,204 @@ Trainer::Trainer(torch::jit::Module module, const LossFn& loss, const SampleBatc
 
 Trainer::~Trainer() = default;
 
-void Trainer::init(const std::function<TracedModel(const SampleBatch&, c10::Device)>& tracer, const SampleBatch& sample,
-                   const TrainConfig& config) {
-  Impl& m = *impl_;
-  config.check();
-  if (!config.checkpoint_dir.empty()) check_writable_directory(config.checkpoint_dir);
-  m.config = config;
-  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
-  const auto& par = config.parallel;
-  // The grid is checked against the launcher's world size before connecting,
-  // so that a wrong size fails on every rank at once.
-  m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
-  const int64_t sample_rows = rows_in(sample);
-  m.global_batch = config.global_batch > 0 ? config.global_batch : sample_rows;
-  const int64_t parts = static_cast<int64_t>(par.dp) * config.microbatches;
-  TORCH_CHECK(m.global_batch % parts == 0, "global batch ", m.global_batch, " does not split into dp (", par.dp,
-              ") x microbatches (", config.microbatches, ") = ", parts, " equal microbatches: make it a multiple of ",
-              parts);
-  m.micro_rows = m.global_batch / parts;
-  TORCH_CHECK(sample_rows >= m.micro_rows, "the sample batch has ", sample_rows, " rows, fewer than one microbatch (",
-              m.micro_rows, ")");
+// ---- Construction, as named steps (Trainer::init runs them in order) --------
 
-  m.session = &DistributedSession::get(timeout);
-  const LaunchInfo& launch = m.session->launch;
-  m.rank = launch.rank;
-  m.stage = m.grid->coord(m.rank, Dim::PP);
-  m.replica = m.grid->coord(m.rank, Dim::DP);
+namespace {
 
-  c10::Device device(c10::kCPU);
-  if (config.device == "cuda") {
-    TORCH_CHECK(torch::cuda::is_available(), "config.device is \"cuda\" but no CUDA device is available here");
-    device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank % torch::cuda::device_count()));
-  }
+c10::Device device_of(const TrainConfig& config, const LaunchInfo& launch) {
+  if (config.device != "cuda") return c10::Device(c10::kCPU);
+  TORCH_CHECK(torch::cuda::is_available(), "config.device is \"cuda\" but no CUDA device is available here");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank % torch::cuda::device_count()));
+}
 
-  const std::string prefix = m.session->next_prefix();
-  auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
-
-  // Every rank traces the same model on the same microbatch: identical graphs
-  // (on the device, so that constants such as a position arange live there).
-  // A model that cannot be traced fails alike on every rank; a rank other than
-  // 0 says it is done with the plan before failing, so that rank 0 (which
-  // hosts the store, and publishes its own failure in place of the plan)
-  // leaves as soon as every rank has failed.
-  SampleBatch first = rows_of(sample, 0, m.micro_rows);
-  for (auto* list : {&first.inputs, &first.targets})
-    for (auto& t : *list) t = t.to(device);
-  std::string trace_error;
-  try {
-    m.traced = tracer(first, device);
-    TORCH_CHECK(m.traced.has_loss, "the trainer needs a loss function");
-    m.proxy = build_proxy_graph(m.traced);
-  } catch (const c10::Error& e) {
-    trace_error = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    trace_error = e.what();
-  }
-  if (!trace_error.empty() && m.rank != 0) {
-    store->add("plan_read", 1);
-    TORCH_CHECK(false, trace_error);
-  }
-
-  // Rank 0 plans and publishes the plan (or its error) so that every rank
-  // uses the same one even when planning measures this machine.
-  if (m.rank == 0) {
-    std::string published = "error:" + trace_error;
-    if (trace_error.empty()) try {
-      PlanOptions o;
-      o.stages = par.pp;
-      o.memory_limit_bytes = config.partition.memory_limit_bytes;
-      o.pipeline.schedule = config.schedule;
-      o.pipeline.microbatches = config.microbatches;
-      o.seed = config.seed;
-      o.manual_starts = config.partition.starts;
-      CostModel costs = config.partition.profile
-                            ? profile_layers(m.traced, m.proxy, first)
-                            : analytic_costs(m.proxy);
-      // Memory as this run's optimizer will use it (AdamW 2x, SGD 1x or 0x).
-      costs.optimizer_state_factor = optimizer_state_factor(config.optimizer);
-      const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
-      published = "plan:" + plan_stages(m.proxy, costs, method, o).to_json().dump();
-    } catch (const c10::Error& e) {
-      published = std::string("error:") + e.what_without_backtrace();
-    } catch (const std::exception& e) {
-      published = std::string("error:") + e.what();
-    }
-    store->set("plan", published);
-  }
-  const auto bytes = store->get("plan");
-  const std::string text(bytes.begin(), bytes.end());
-  const bool failed = text.rfind("error:", 0) == 0;
-  store->add("plan_read", 1);
-  if (failed && m.rank == 0) {
-    // Rank 0 hosts the store: stay until every rank has read the error (or
-    // the timeout passed), so that none of them waits on a store that is gone.
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    while (store->add("plan_read", 0) < launch.world_size && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  TORCH_CHECK(trace_error.empty(), trace_error);
-  TORCH_CHECK(!failed, "planning failed on rank 0: ", text.substr(6));
-  m.plan = std::make_unique<StagePlan>(StagePlan::from_json(nlohmann::json::parse(text.substr(5))));
-  auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
-
-  // Groups, created in the same order on every rank (construction blocks
-  // until all members arrive): world, data-parallel, pipeline, tied.
-  std::vector<int> all(launch.world_size);
-  for (int r = 0; r < launch.world_size; ++r) all[r] = r;
-  auto group_name = [&](const std::string& kind, const std::vector<int>& ranks) {
-    std::string n = prefix + "/" + kind;
-    for (int r : ranks) n += "-" + std::to_string(r);
-    return n;
-  };
-  auto make_group = [&](const std::string& kind, const std::vector<int>& ranks) {
-    return ranks.size() == 1 ? std::make_unique<Communicator>()
-                             : std::make_unique<Communicator>(m.session->store, group_name(kind, ranks), ranks, m.rank,
-                                                              device, timeout);
-  };
-  m.world = make_group("world", all);
-  m.dp = make_group("dp", m.grid->group(m.rank, Dim::DP));
-  m.pp = make_group("pp", m.grid->group(m.rank, Dim::PP));
-  std::map<std::vector<int>, std::vector<int>> tied;  // holding stages -> parameter ids
-  for (size_t p = 0; p < m.proxy.params.size(); ++p) {
-    std::vector<int> holders;
-    for (const auto& s : stages)
-      if (std::count(s.params.begin(), s.params.end(), static_cast<int>(p))) holders.push_back(s.stage);
-    if (holders.size() > 1 && m.proxy.params[p].requires_grad) tied[holders].push_back(static_cast<int>(p));
-  }
-  ExecutorGroups groups{m.pp.get(), m.dp.get(), {}};
-  for (const auto& [holders, params] : tied) {
-    if (!std::count(holders.begin(), holders.end(), m.stage)) continue;
-    std::vector<int> ranks;
-    for (int s : holders) ranks.push_back(m.grid->rank_of(m.replica, s, m.grid->coord(m.rank, Dim::TP)));
-    m.tied_groups.push_back(make_group("tied", ranks));
-    for (int p : params) groups.tied[p] = m.tied_groups.back().get();
-  }
-
-  ExecutorOptions eo;
-  eo.microbatches = config.microbatches;
-  eo.seed = config.seed;
-  eo.bucket_bytes = config.bucket_bytes;
-  eo.device = device;
-  // Prove the schedule on this plan's topology before running it: skip
-  // transfers (stage i straight to i+2 or later) are safe with Gloo's
-  // background sends, but can deadlock 1F1B under NCCL's blocking ones.
+// The stage topology a plan gives the schedule: who sends activations to whom.
+StageTopology topology_of(const std::vector<StageProgram>& stages, int num_stages) {
   StageTopology topology;
-  topology.consumers.resize(par.pp);
+  topology.consumers.resize(num_stages);
   for (const auto& st : stages) {
     std::set<int> to;
     for (const auto& o : st.outputs) to.insert(o.to_stages.begin(), o.to_stages.end());
     topology.consumers[st.stage].assign(to.begin(), to.end());
   }
+  return topology;
+}
+
+// Proves the schedule on this plan's topology before running it: skip
+// transfers (stage i straight to i+2 or later) are safe with Gloo's
+// background sends, but can deadlock 1F1B under NCCL's blocking ones.
+void prove_schedule(const TrainConfig& config, const std::vector<StageProgram>& stages, c10::Device device) {
+  const int p = config.parallel.pp, m = config.microbatches;
   try {
-    check_schedule(pipeline_schedule(config.schedule, par.pp, config.microbatches), config.microbatches, topology,
+    check_schedule(pipeline_schedule(config.schedule, p, m), m, topology_of(stages, p),
                    device.is_cpu() ? SendMode::Buffered : SendMode::Blocking);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "the ", config.schedule, " schedule cannot run this plan on ", device, ": ",
                 e.what_without_backtrace(), "\n(try \"schedule\": \"gpipe\", or a plan whose stages send only to the next)");
   }
-  auto program = stage_schedule(config.schedule, par.pp, config.microbatches, m.stage);
-  m.executor = std::make_unique<PipelineExecutor>(m.traced, m.proxy, std::move(stages), m.stage, std::move(program),
-                                                  groups, eo);
+}
 
-  if (par.dp > 1 && m.replica == 0)
-    for (const auto& name : m.executor->buffers_from_replica_0())
+}  // namespace
+
+void Trainer::Impl::split_batch(const SampleBatch& sample) {
+  const auto& par = config.parallel;
+  const int64_t sample_rows = rows_in(sample);
+  global_batch = config.global_batch > 0 ? config.global_batch : sample_rows;
+  const int64_t parts = static_cast<int64_t>(par.dp) * config.microbatches;
+  TORCH_CHECK(global_batch % parts == 0, "global batch ", global_batch, " does not split into dp (", par.dp,
+              ") x microbatches (", config.microbatches, ") = ", parts, " equal microbatches: make it a multiple of ",
+              parts);
+  micro_rows = global_batch / parts;
+  TORCH_CHECK(sample_rows >= micro_rows, "the sample batch has ", sample_rows, " rows, fewer than one microbatch (",
+              micro_rows, ")");
+}
+
+// Every rank traces the same model on the same microbatch: identical graphs
+// (on the device, so that constants such as a position arange live there).
+// Returns the error instead of throwing it: rank 0 must publish it first.
+std::string Trainer::Impl::trace_model(const Tracer& tracer, const SampleBatch& first, c10::Device device) {
+  try {
+    traced = tracer(first, device);
+    TORCH_CHECK(traced.has_loss, "the trainer needs a loss function");
+    proxy = build_proxy_graph(traced);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Rank 0 plans and publishes the plan, or its error (or its own trace error),
+// so that every rank uses the same plan even when planning measures this
+// machine. A rank other than 0 whose trace failed says it is done with the
+// plan before failing; rank 0, which hosts the store, stays after an error
+// until every rank has read it (or the timeout passed), so that none of them
+// waits on a store that is gone.
+std::string Trainer::Impl::plan_on_rank_0(const SampleBatch& first) const {
+  const auto& par = config.parallel;
+  try {
+    PlanOptions o;
+    o.stages = par.pp;
+    o.memory_limit_bytes = config.partition.memory_limit_bytes;
+    o.pipeline.schedule = config.schedule;
+    o.pipeline.microbatches = config.microbatches;
+    o.seed = config.seed;
+    o.manual_starts = config.partition.starts;
+    CostModel costs = config.partition.profile ? profile_layers(traced, proxy, first) : analytic_costs(proxy);
+    // Memory as this run's optimizer will use it (AdamW 2x, SGD 1x or 0x).
+    costs.optimizer_state_factor = optimizer_state_factor(config.optimizer);
+    const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
+    return "plan:" + plan_stages(proxy, costs, method, o).to_json().dump();
+  } catch (const c10::Error& e) {
+    return std::string("error:") + e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return std::string("error:") + e.what();
+  }
+}
+
+void Trainer::Impl::agree_on_plan(c10d::Store& store, const std::string& trace_error, const SampleBatch& first,
+                                  std::chrono::milliseconds timeout) {
+  if (!trace_error.empty() && rank != 0) {
+    store.add("plan_read", 1);
+    TORCH_CHECK(false, trace_error);
+  }
+  if (rank == 0) {
+    const std::string published = trace_error.empty() ? plan_on_rank_0(first) : "error:" + trace_error;
+    store.set("plan", std::vector<uint8_t>(published.begin(), published.end()));
+  }
+  const auto bytes = store.get("plan");
+  const std::string text(bytes.begin(), bytes.end());
+  const bool failed = text.rfind("error:", 0) == 0;
+  store.add("plan_read", 1);
+  if (failed && rank == 0) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (store.add("plan_read", 0) < grid->world_size() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  TORCH_CHECK(trace_error.empty(), trace_error);
+  TORCH_CHECK(!failed, "planning failed on rank 0: ", text.substr(6));
+  plan = std::make_unique<StagePlan>(StagePlan::from_json(nlohmann::json::parse(text.substr(5))));
+}
+
+// Groups, created in the same order on every rank (construction blocks until
+// all members arrive): world, data-parallel, pipeline, then one per set of
+// stages that hold the same tied parameters.
+ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stages, const std::string& prefix,
+                                          c10::Device device, std::chrono::milliseconds timeout) {
+  auto make_group = [&](const std::string& kind, const std::vector<int>& ranks) {
+    std::string name = prefix + "/" + kind;
+    for (int r : ranks) name += "-" + std::to_string(r);
+    return ranks.size() == 1 ? std::make_unique<Communicator>()
+                             : std::make_unique<Communicator>(session->store, name, ranks, rank, device, timeout);
+  };
+  std::vector<int> all(grid->world_size());
+  for (int r = 0; r < grid->world_size(); ++r) all[r] = r;
+  world = make_group("world", all);
+  dp = make_group("dp", grid->group(rank, Dim::DP));
+  pp = make_group("pp", grid->group(rank, Dim::PP));
+  std::map<std::vector<int>, std::vector<int>> tied;  // holding stages -> parameter ids
+  for (size_t p = 0; p < proxy.params.size(); ++p) {
+    std::vector<int> holders;
+    for (const auto& s : stages)
+      if (std::count(s.params.begin(), s.params.end(), static_cast<int>(p))) holders.push_back(s.stage);
+    if (holders.size() > 1 && proxy.params[p].requires_grad) tied[holders].push_back(static_cast<int>(p));
+  }
+  ExecutorGroups groups{pp.get(), dp.get(), {}};
+  for (const auto& [holders, params] : tied) {
+    if (!std::count(holders.begin(), holders.end(), stage)) continue;
+    std::vector<int> ranks;
+    for (int s : holders) ranks.push_back(grid->rank_of(replica, s, grid->coord(rank, Dim::TP)));
+    tied_groups.push_back(make_group("tied", ranks));
+    for (int p : params) groups.tied[p] = tied_groups.back().get();
+  }
+  return groups;
+}
+
+void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups,
+                                   c10::Device device) {
+  ExecutorOptions eo;
+  eo.microbatches = config.microbatches;
+  eo.seed = config.seed;
+  eo.bucket_bytes = config.bucket_bytes;
+  eo.device = device;
+  auto program = stage_schedule(config.schedule, config.parallel.pp, config.microbatches, stage);
+  executor = std::make_unique<PipelineExecutor>(traced, proxy, std::move(stages), stage, std::move(program), groups, eo);
+  if (config.parallel.dp > 1 && replica == 0)
+    for (const auto& name : executor->buffers_from_replica_0())
       std::fprintf(stderr, "trine: note (rank %d): buffer '%s' is updated in place in a way that cannot be combined "
                    "across data-parallel replicas exactly; after every step each replica takes replica 0's value\n",
-                   m.rank, name.c_str());
-  m.optimizer = make_optimizer(config.optimizer, m.executor->parameters());
+                   rank, name.c_str());
+  optimizer = make_optimizer(config.optimizer, executor->parameters());
+}
+
+void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config) {
+  Impl& m = *impl_;
+  // Checks that need no other process come first: they fail on every rank at once.
+  config.check();
+  if (!config.checkpoint_dir.empty()) check_writable_directory(config.checkpoint_dir);
+  m.config = config;
+  const auto& par = config.parallel;
+  m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
+  m.split_batch(sample);
+
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
+  m.session = &DistributedSession::get(timeout);
+  m.rank = m.session->launch.rank;
+  m.stage = m.grid->coord(m.rank, Dim::PP);
+  m.replica = m.grid->coord(m.rank, Dim::DP);
+  const c10::Device device = device_of(config, m.session->launch);
+  const std::string prefix = m.session->next_prefix();
+  auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
+
+  SampleBatch first = rows_of(sample, 0, m.micro_rows);
+  for (auto* list : {&first.inputs, &first.targets})
+    for (auto& t : *list) t = t.to(device);
+  const std::string trace_error = m.trace_model(tracer, first, device);
+  m.agree_on_plan(*store, trace_error, first, timeout);
+  auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
+  const ExecutorGroups groups = m.make_groups(stages, prefix, device, timeout);
+  prove_schedule(config, stages, device);
+  m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
 }

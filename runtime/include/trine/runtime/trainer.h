@@ -78,9 +78,9 @@ class Trainer {
 
  private:
   struct Impl;
-  // `tracer` moves the model to the device and traces it on a microbatch.
-  void init(const std::function<TracedModel(const SampleBatch&, c10::Device)>& tracer, const SampleBatch& sample,
-            const TrainConfig& config);
+  // Moves the model to the device and traces it on a microbatch.
+  using Tracer = std::function<TracedModel(const SampleBatch&, c10::Device)>;
+  void init(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config);
   std::unique_ptr<Impl> impl_;
 };
 
