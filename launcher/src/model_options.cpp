@@ -35,12 +35,7 @@ LoadedModel load_torchscript(const ModelArgs& args, bool need_loss) {
   TORCH_CHECK(!args.shapes.empty(), "--torchscript needs --input-shape for each input of forward, e.g. --input-shape 8,16");
   TORCH_CHECK(args.dtypes.size() <= 1 || args.dtypes.size() == args.shapes.size(),
               "give --input-dtype once, or once per --input-shape");
-  torch::jit::Module module;
-  try {
-    module = torch::jit::load(args.torchscript);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "cannot load TorchScript file '", args.torchscript, "': ", e.what_without_backtrace());
-  }
+  torch::jit::Module module = load_torchscript_file(args.torchscript);
   std::vector<std::vector<int64_t>> shapes;
   for (const auto& s : args.shapes) shapes.push_back(parse_shape(s));
   const auto dtypes = args.dtypes;
@@ -85,6 +80,16 @@ LoadedModel load_torchscript(const ModelArgs& args, bool need_loss) {
 }
 
 }  // namespace
+
+torch::jit::Module load_torchscript_file(const std::string& path) {
+  try {
+    return torch::jit::load(path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "cannot load TorchScript file '", path, "': ", e.what_without_backtrace(),
+                "\n(make it in Python with torch.jit.trace or torch.jit.script and save it with torch.jit.save; a "
+                "file from torch.save(model) is not TorchScript)");
+  }
+}
 
 void add_model_options(CLI::App* cmd, ModelArgs& args, bool allow_torchscript) {
   ModelSpec& spec = args.spec;

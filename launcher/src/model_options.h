@@ -6,6 +6,7 @@
 #include "trine/launcher/example_models.h"
 
 #include <CLI/CLI.hpp>
+#include <torch/script.h>
 
 #include <functional>
 #include <string>
@@ -37,6 +38,9 @@ struct LoadedModel {
 // `need_loss`: trace TorchScript files with the stand-in loss (example models
 // always come with their own loss).
 LoadedModel load_model(const ModelArgs& args, bool need_loss = true);
+
+// torch::jit::load, with an error that names the file and how to make one.
+torch::jit::Module load_torchscript_file(const std::string& path);
 
 // "2GiB", "512MiB", "1.5GB", "1000000" -> bytes; throws naming the option.
 int64_t parse_bytes(const std::string& text, const char* option);

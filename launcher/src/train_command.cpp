@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "data_sources.h"
 #include "job_config.h"
+#include "model_options.h"
 
 #include "trine/frontend/model_inputs.h"
 #include "trine/runtime/losses.h"
@@ -33,16 +34,6 @@ torch::ScalarType dtype_of(const std::string& name) {
   if (name == "int64") return torch::kLong;
   if (name == "float64") return torch::kDouble;
   return torch::kFloat;
-}
-
-torch::jit::Module load_torchscript(const std::string& path) {
-  try {
-    return torch::jit::load(path);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "cannot load TorchScript file '", path, "': ", e.what_without_backtrace(),
-                "\n(make it in Python with torch.jit.trace or torch.jit.script and save it with torch.jit.save; a "
-                "file from torch.save(model) is not TorchScript)");
-  }
 }
 
 // The data a job trains on: a batch per step, the same on every rank.
@@ -99,7 +90,7 @@ Job start_example_job(const JobConfig& job) {
 
 Job start_torchscript_job(const JobConfig& job) {
   const TorchScriptSpec& ts = job.torchscript;
-  torch::jit::Module module = load_torchscript(ts.path);
+  torch::jit::Module module = load_torchscript_file(ts.path);
   const int64_t seq_len = ts.inputs[0].shape[0];
   if (job.data.kind == "tokens")
     TORCH_CHECK(ts.inputs.size() == 1 && ts.inputs[0].shape.size() == 1 && ts.inputs[0].dtype == "int64",

@@ -18,11 +18,14 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 class RunMemory {
  public:
   RunMemory(const PartitionGraph& g, const std::vector<int>& order, const PipelineShape& shape, int k)
-      : g_(g), order_(order), shape_(shape), k_(k), stamp_(g.params.size(), -1) {}
+      : g_(g), order_(order), stamp_(g.params.size(), -1) {
+    // Asked once per stage here, not once per (stage, end) in the search.
+    for (int s = 0; s < k; ++s) in_flight_of_stage_.push_back(shape.in_flight(s, k));
+  }
   void start(int stage) {
     ++epoch_;
     state_ = act_ = 0;
-    in_flight_ = shape_.in_flight(stage, k_);
+    in_flight_ = in_flight_of_stage_.at(stage);
   }
   int64_t add(int position) {
     const auto& layer = g_.layers[order_[position]];
@@ -38,8 +41,7 @@ class RunMemory {
  private:
   const PartitionGraph& g_;
   const std::vector<int>& order_;
-  const PipelineShape& shape_;
-  int k_;
+  std::vector<int> in_flight_of_stage_;
   std::vector<int64_t> stamp_;
   int64_t epoch_ = 0, state_ = 0, act_ = 0;
   int in_flight_ = 1;
