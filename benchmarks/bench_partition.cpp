@@ -11,7 +11,7 @@
 #include "bench_timing.h"
 #include "trine/common/files.h"
 #include "trine/frontend/sequential_staged_model.h"
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 #include "trine/partitioner/profiler.h"
 #include "trine/partitioner/stage_plan.h"
 

@@ -8,7 +8,7 @@
 #include "bench_timing.h"
 #include "trine/common/files.h"
 #include "trine/frontend/sequential_staged_model.h"
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 #include "trine/partitioner/partition_method.h"
 
 #include <CLI/CLI.hpp>

@@ -10,7 +10,7 @@
 // Each run prints one JSON line (prefixed "json: ") for the script to collect.
 #include "bench_timing.h"
 
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 #include "trine/runtime/trainer.h"
 
 #include <CLI/CLI.hpp>

@@ -1,13 +1,27 @@
-# The parts' dependencies say the truth (docs/design.md §1): each part's
-# library target links exactly the trine parts its files include, no more and
-# no fewer. Checked when CMake configures, so a change that includes a part's
-# header without linking it (or links a part it does not use) fails at once,
-# naming the part and both lists.
+# The parts' dependencies say the truth (docs/design.md §1):
+#   - each part's target links exactly the trine parts its files include, no
+#     more and no fewer (the launcher part's target is the `trine` command);
+#   - every other target registered with trine_checked_target (test binaries,
+#     benchmarks) links exactly the parts its files include too, and a test
+#     binary links only the part it tests, what that part needs, and the
+#     example tasks it trains (examples/).
+# Checked when CMake configures, so a change that includes a part's header
+# without linking it (or links a part it does not use) fails at once, naming
+# the target and both lists.
 set(TRINE_PARTS common frontend partitioner tensor_parallel schedules recompute runtime examples launcher)
 
-# The trine parts named by `#include "trine/<part>/..."` in `files` (and in the
-# part's own private headers they include), less `self`.
-function(_trine_included_parts self dir files out)
+function(_trine_part_target part out)
+  if(part STREQUAL "launcher")
+    set(${out} trine PARENT_SCOPE)
+  else()
+    set(${out} trine_${part} PARENT_SCOPE)
+  endif()
+endfunction()
+
+# The trine parts named by `#include "trine/<part>/..."` in `files` and in the
+# project headers they include by a relative path (resolved beside the
+# including file, then in `private_dir`), less `self`.
+function(_trine_included_parts self private_dir files out)
   set(parts)
   set(todo ${files})
   set(seen)
@@ -17,19 +31,27 @@ function(_trine_included_parts self dir files out)
       continue()
     endif()
     list(APPEND seen ${file})
+    get_filename_component(here ${file} DIRECTORY)
     file(STRINGS ${file} lines REGEX "^#include \"")
     foreach(line ${lines})
       if(line MATCHES "^#include \"trine/([a-z_]+)/")
         if(NOT CMAKE_MATCH_1 STREQUAL self)
           list(APPEND parts ${CMAKE_MATCH_1})
         endif()
-      elseif(line MATCHES "^#include \"([A-Za-z0-9_]+\\.h)\"")
-        list(APPEND todo ${dir}/src/${CMAKE_MATCH_1})  # a private header of the part
+      elseif(line MATCHES "^#include \"([A-Za-z0-9_./]+\\.h)\"")
+        if(EXISTS ${here}/${CMAKE_MATCH_1})
+          get_filename_component(header ${here}/${CMAKE_MATCH_1} ABSOLUTE)
+        else()
+          set(header ${private_dir}/${CMAKE_MATCH_1})
+        endif()
+        list(APPEND todo ${header})
       endif()
     endforeach()
   endwhile()
-  list(REMOVE_DUPLICATES parts)
-  list(SORT parts)
+  if(parts)
+    list(REMOVE_DUPLICATES parts)
+    list(SORT parts)
+  endif()
   set(${out} ${parts} PARENT_SCOPE)
 endfunction()
 
@@ -55,24 +77,90 @@ function(_trine_linked_parts target out)
   set(${out} ${parts} PARENT_SCOPE)
 endfunction()
 
-function(trine_check_part_links)
+# The parts `part` needs: what it links, and what those link, all the way down.
+function(_trine_part_closure part out)
+  set(closure)
+  set(todo ${part})
+  while(todo)
+    list(POP_FRONT todo p)
+    if(p IN_LIST closure)
+      continue()
+    endif()
+    list(APPEND closure ${p})
+    _trine_part_target(${p} target)
+    _trine_linked_parts(${target} linked)
+    list(APPEND todo ${linked})
+  endwhile()
+  set(${out} ${closure} PARENT_SCOPE)
+endfunction()
+
+function(_trine_source_files target out)
+  get_target_property(dir ${target} SOURCE_DIR)
+  get_target_property(type ${target} TYPE)
+  set(files)
+  if(NOT type STREQUAL "INTERFACE_LIBRARY")
+    get_target_property(sources ${target} SOURCES)
+    foreach(source ${sources})
+      get_filename_component(path ${source} ABSOLUTE BASE_DIR ${dir})
+      list(APPEND files ${path})
+    endforeach()
+  endif()
+  set(${out} ${files} PARENT_SCOPE)
+endfunction()
+
+function(_trine_require_exact_links target included linked fix)
+  if(NOT "${included}" STREQUAL "${linked}")
+    message(FATAL_ERROR "trine: ${target} includes headers of [${included}] but links [${linked}]: a target links "
+                        "exactly the parts it includes (docs/design.md §1); fix ${fix}")
+  endif()
+endfunction()
+
+# Registers a test binary or benchmark for the check. `tested_part`: the part
+# a test binary tests, or "" for a target that may use any part (benchmarks).
+function(trine_checked_target target tested_part)
+  set_property(GLOBAL APPEND PROPERTY TRINE_CHECKED_TARGETS "${target}|${tested_part}")
+endfunction()
+
+function(_trine_check_parts)
   foreach(part ${TRINE_PARTS})
-    set(target trine_${part})
+    _trine_part_target(${part} target)
     get_target_property(dir ${target} SOURCE_DIR)
-    get_target_property(type ${target} TYPE)
-    file(GLOB_RECURSE files ${dir}/include/*.h)
-    if(NOT type STREQUAL "INTERFACE_LIBRARY")
-      get_target_property(sources ${target} SOURCES)
-      foreach(source ${sources})
-        list(APPEND files ${dir}/${source})
+    file(GLOB_RECURSE headers ${dir}/include/*.h)
+    _trine_source_files(${target} sources)
+    _trine_included_parts(${part} ${dir}/src "${headers};${sources}" included)
+    _trine_linked_parts(${target} linked)
+    _trine_require_exact_links("part '${part}' (${target})" "${included}" "${linked}" "${part}/CMakeLists.txt")
+  endforeach()
+endfunction()
+
+function(_trine_check_registered_targets)
+  get_property(entries GLOBAL PROPERTY TRINE_CHECKED_TARGETS)
+  foreach(entry ${entries})
+    string(REPLACE "|" ";" fields "${entry}|")
+    list(GET fields 0 target)
+    list(GET fields 1 tested_part)
+    get_target_property(dir ${target} SOURCE_DIR)
+    _trine_source_files(${target} sources)
+    _trine_included_parts("" ${dir} "${sources}" included)
+    _trine_linked_parts(${target} linked)
+    _trine_require_exact_links("${target}" "${included}" "${linked}" "the target's link line in ${dir}/CMakeLists.txt")
+    if(tested_part)
+      _trine_part_closure(${tested_part} allowed)
+      list(APPEND allowed examples)
+      foreach(part ${linked})
+        if(NOT part IN_LIST allowed)
+          message(FATAL_ERROR "trine: ${target} tests '${tested_part}' but links '${part}', which '${tested_part}' "
+                              "does not need: a test binary links only its part, what the part needs, and the example "
+                              "tasks (docs/design.md §10); move the test to tests/${part}/ or drop the include")
+        endif()
       endforeach()
     endif()
-    _trine_included_parts(${part} ${dir} "${files}" included)
-    _trine_linked_parts(${target} linked)
-    if(NOT "${included}" STREQUAL "${linked}")
-      message(FATAL_ERROR "trine: part '${part}' includes headers of [${included}] but links [${linked}]: "
-                          "a part links exactly the parts it includes (docs/design.md §1); fix ${part}/CMakeLists.txt")
-    endif()
   endforeach()
-  message(STATUS "trine: every part links exactly the parts it includes")
+endfunction()
+
+# Call once, after every target is defined.
+function(trine_check_links)
+  _trine_check_parts()
+  _trine_check_registered_targets()
+  message(STATUS "trine: every part, test binary and benchmark links exactly the parts it includes")
 endfunction()

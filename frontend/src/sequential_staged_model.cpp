@@ -44,14 +44,20 @@ SequentialStagedModel::SequentialStagedModel(const TracedModel& model, ProxyGrap
     : proxy_(std::move(proxy)) {
   TORCH_CHECK(model.has_loss, "staged training needs a model traced with a loss function");
   stages_ = split_into_stages(model, proxy_, stage_of_layer);
-  held_.resize(stages_.size());
-  torch::NoGradGuard no_grad;
-  for (size_t s = 0; s < stages_.size(); ++s) {
-    for (int p : stages_[s].params) {
-      const torch::Tensor& orig = model.inputs.at(proxy_.params[p].value).value;
-      held_[s][p] = orig.detach().clone().requires_grad_(orig.requires_grad());
-    }
+  executions_.reserve(stages_.size());
+  for (const StageProgram& program : stages_) executions_.emplace_back(program, model, proxy_);
+}
+
+std::vector<torch::Tensor> SequentialStagedModel::receive(int stage, const std::map<int, torch::Tensor>& produced) const {
+  const StageProgram& st = stages_[stage];
+  std::vector<torch::Tensor> received(st.inputs.size());
+  for (size_t i = 0; i < st.inputs.size(); ++i) {
+    if (st.inputs[i].kind != StageInput::Kind::Activation) continue;
+    const torch::Tensor& t = produced.at(st.inputs[i].value);
+    received[i] = t.detach();
+    if (t.requires_grad()) received[i].requires_grad_(true);
   }
+  return received;
 }
 
 torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, const RngPolicy& rng,
@@ -61,9 +67,8 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
   TORCH_CHECK(batch.targets.size() == proxy_.target_inputs.size(), "the batch has ", batch.targets.size(),
               " targets, the model was traced with ", proxy_.target_inputs.size());
   const size_t k = stages_.size();
-  std::map<int, torch::Tensor> produced;                 // value id -> tensor, with its autograd history
-  std::vector<std::vector<torch::Tensor>> leaves(k);      // per stage: received activations (detached)
-  std::vector<std::vector<torch::Tensor>> outs(k);
+  std::map<int, torch::Tensor> produced;  // value id -> tensor, with its autograd history
+  std::vector<StageActivations> activations(k);
   torch::Tensor loss;
   const c10::Device device = batch.inputs.empty() ? c10::Device(c10::kCPU) : batch.inputs[0].device();
   std::shared_ptr<AllocationCounter> counter;
@@ -79,30 +84,10 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
     if (measure) synchronize(device);
     const auto t0 = Clock::now();
     const int64_t live_before = counter ? counter->live() : 0;
-    std::vector<c10::IValue> in;
-    in.reserve(st.inputs.size());
-    for (const StageInput& i : st.inputs) {
-      switch (i.kind) {
-        case StageInput::Kind::Activation: {
-          const torch::Tensor& t = produced.at(i.value);
-          auto leaf = t.detach();
-          if (t.requires_grad()) leaf.requires_grad_(true);
-          leaves[s].push_back(leaf);
-          in.emplace_back(leaf);
-          break;
-        }
-        case StageInput::Kind::Data: in.emplace_back(batch.inputs[i.index]); break;
-        case StageInput::Kind::Target: in.emplace_back(batch.targets[i.index]); break;
-        case StageInput::Kind::Parameter: in.emplace_back(held_[s].at(i.index)); break;
-      }
-    }
-    auto result = st.runner.run(std::move(in), rng);
-    for (size_t o = 0; o < st.outputs.size(); ++o) {
-      auto t = result[o].toTensor();
-      outs[s].push_back(t);
-      if (!st.outputs[o].to_stages.empty()) produced[st.outputs[o].value] = t;
-      if (st.outputs[o].model_output == 0) loss = t;
-    }
+    activations[s] = executions_[s].forward(receive(static_cast<int>(s), produced), batch, {}, rng);
+    for (size_t o = 0; o < st.outputs.size(); ++o)
+      if (!st.outputs[o].to_stages.empty()) produced[st.outputs[o].value] = activations[s].outputs[o];
+    if (auto l = executions_[s].loss(activations[s]); l.defined()) loss = l;
     if (measure) {
       synchronize(device);
       measure->forward_s[s] = seconds_since(t0);
@@ -116,36 +101,22 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
   produced.clear();
 
   // Backward, last stage first: each stage's outputs get the gradients its
-  // consumers computed for their received copies (summed over consumers).
-  std::map<int, torch::Tensor> grads;
+  // readers computed for their received copies (summed over readers).
+  std::map<int, torch::Tensor> grads;  // value id -> gradient
   for (size_t s = k; s-- > 0;) {
     const StageProgram& st = stages_[s];
     if (measure) synchronize(device);
     const auto t0 = Clock::now();
-    std::vector<torch::Tensor> roots, root_grads;
-    for (size_t o = 0; o < st.outputs.size(); ++o) {
-      const torch::Tensor& t = outs[s][o];
-      if (!t.requires_grad()) continue;
-      if (st.outputs[o].model_output == 0) {
-        roots.push_back(t);
-        root_grads.push_back(torch::ones_like(t));
-      } else if (auto it = grads.find(st.outputs[o].value); it != grads.end()) {
-        roots.push_back(t);
-        root_grads.push_back(it->second);
+    std::map<int, torch::Tensor> output_grads;
+    for (size_t o = 0; o < st.outputs.size(); ++o)
+      if (auto it = grads.find(st.outputs[o].value); it != grads.end()) {
+        output_grads[static_cast<int>(o)] = it->second;
         grads.erase(it);
       }
+    for (auto& [i, g] : executions_[s].backward(std::move(activations[s]), output_grads, 1.0)) {
+      auto& sum = grads[st.inputs[i].value];
+      sum = sum.defined() ? sum + g : g;
     }
-    if (!roots.empty()) torch::autograd::backward(roots, root_grads);
-    outs[s].clear();
-    size_t leaf = 0;
-    for (const StageInput& i : st.inputs) {
-      if (i.kind != StageInput::Kind::Activation) continue;
-      const torch::Tensor& l = leaves[s][leaf++];
-      if (!l.requires_grad() || !l.grad().defined()) continue;
-      auto& g = grads[i.value];
-      g = g.defined() ? g + l.grad() : l.grad();
-    }
-    leaves[s].clear();
     if (measure) {
       synchronize(device);
       measure->backward_s[s] = seconds_since(t0);
@@ -158,8 +129,8 @@ void SequentialStagedModel::reduce_shared_gradients() {
   torch::NoGradGuard no_grad;
   for (size_t p = 0; p < proxy_.params.size(); ++p) {
     std::vector<torch::Tensor> copies;
-    for (auto& h : held_)
-      if (auto it = h.find(static_cast<int>(p)); it != h.end() && it->second.grad().defined())
+    for (const auto& e : executions_)
+      if (auto it = e.parameters().find(static_cast<int>(p)); it != e.parameters().end() && it->second.grad().defined())
         copies.push_back(it->second);
     if (copies.size() < 2) continue;
     auto sum = copies[0].grad().clone();
@@ -169,16 +140,16 @@ void SequentialStagedModel::reduce_shared_gradients() {
 }
 
 void SequentialStagedModel::zero_grad() {
-  for (auto& h : held_)
-    for (auto& [p, t] : h)
+  for (const auto& e : executions_)
+    for (const auto& [p, t] : e.parameters())
       if (t.grad().defined()) t.mutable_grad() = torch::Tensor();
 }
 
 std::vector<torch::Tensor> SequentialStagedModel::parameters() const {
   std::vector<torch::Tensor> out;
-  for (size_t s = 0; s < held_.size(); ++s)
-    for (int p : stages_[s].params)
-      if (held_[s].at(p).requires_grad()) out.push_back(held_[s].at(p));
+  for (const auto& e : executions_)
+    for (int p : e.program().params)
+      if (e.parameters().at(p).requires_grad()) out.push_back(e.parameters().at(p));
   return out;
 }
 
@@ -190,9 +161,9 @@ int SequentialStagedModel::param_id(const std::string& name) const {
 
 torch::Tensor SequentialStagedModel::parameter(const std::string& name, int stage) const {
   const int p = param_id(name);
-  for (size_t s = 0; s < held_.size(); ++s) {
+  for (size_t s = 0; s < executions_.size(); ++s) {
     if (stage >= 0 && static_cast<int>(s) != stage) continue;
-    if (auto it = held_[s].find(p); it != held_[s].end()) return it->second;
+    if (auto it = executions_[s].parameters().find(p); it != executions_[s].parameters().end()) return it->second;
   }
   TORCH_CHECK(false, "parameter '", name, "' is not held by ", stage >= 0 ? "stage " + std::to_string(stage) : "any stage",
               " (no op reads it)");

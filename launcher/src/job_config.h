@@ -6,7 +6,7 @@
 // naming the key. Relative paths are relative to the config file's folder.
 // docs/config.md documents every key.
 #pragma once
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 #include "trine/runtime/train_config.h"
 
 #include <string>

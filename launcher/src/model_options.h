@@ -3,7 +3,7 @@
 // model with deterministic batches. Shared by the `trine` subcommands.
 #pragma once
 #include "trine/frontend/trace.h"
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 
 #include <CLI/CLI.hpp>
 #include <torch/script.h>

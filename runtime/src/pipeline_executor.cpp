@@ -19,18 +19,11 @@ std::string describe(bool grad, int mb) {
   return std::string(grad ? "the gradient" : "the activation") + " of microbatch " + std::to_string(mb);
 }
 
-torch::Tensor microbatch_slice(const torch::Tensor& t, int mb, int m, const char* kind, int index) {
-  TORCH_CHECK(t.dim() >= 1 && t.size(0) % m == 0, kind, " ", index, " has ", t.dim() ? t.size(0) : 0,
-              " rows, which do not split into ", m, " equal microbatches");
-  const int64_t rows = t.size(0) / m;
-  return t.narrow(0, mb * rows, rows);
-}
-
 }  // namespace
 
 struct PipelineExecutor::Microbatch {
-  std::vector<torch::Tensor> inputs;          // per stage input: received activations (leaves), else undefined
-  std::vector<torch::Tensor> outputs;
+  std::vector<torch::Tensor> received;        // per stage input: received activations (leaves), else undefined
+  StageActivations activations;               // from its forward until its backward
   std::map<int, torch::Tensor> output_grads;  // output index -> gradient summed over its readers
   std::map<int, torch::Tensor> input_grads;   // input index -> gradient to send back
 };
@@ -43,21 +36,16 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
   std::map<int, int> first_holder;  // parameter id -> first stage holding it
   for (const auto& s : stages_)
     for (int p : s.params) first_holder.emplace(p, s.stage);
-  {
-    torch::NoGradGuard no_grad;
-    for (int p : me.params) {
-      const torch::Tensor& orig = model.inputs.at(proxy.params[p].value).value;
-      held_[p] = orig.detach().to(options_.device).clone().requires_grad_(orig.requires_grad());
-    }
-  }
+  execution_ = std::make_unique<StageExecution>(me, model, proxy, options_.device);
+  const auto& held = execution_->parameters();
   // Gradients become final last layer first: bucket them in reverse.
   for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
-    if (held_[*it].requires_grad()) {
-      trainable_.push_back(held_[*it]);
+    if (held.at(*it).requires_grad()) {
+      trainable_.push_back(held.at(*it));
       owned_.push_back(first_holder[*it] == stage_);
     }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
-  buffers_ = std::make_unique<BufferSync>(me, proxy, held_, groups_.dp, options_.microbatches);
+  buffers_ = std::make_unique<BufferSync>(me, proxy, held, groups_.dp, options_.microbatches);
 
   // Who sends what to whom, each list in value-id order on both sides.
   std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer -> (value, position)
@@ -107,8 +95,9 @@ std::vector<std::string> PipelineExecutor::buffers_from_replica_0() const { retu
 void PipelineExecutor::undo_buffer_updates() { buffers_->undo_step(); }
 
 torch::Tensor PipelineExecutor::parameter(int id) const {
-  auto it = held_.find(id);
-  return it == held_.end() ? torch::Tensor() : it->second;
+  const auto& held = execution_->parameters();
+  auto it = held.find(id);
+  return it == held.end() ? torch::Tensor() : it->second;
 }
 
 void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
@@ -149,66 +138,23 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
 }
 
 void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch) {
-  const StageProgram& me = stages_[stage_];
   auto& state = live_[mb];
   if (!state) state = std::make_unique<Microbatch>();
-  state->inputs.resize(me.inputs.size());
-  const int m = options_.microbatches;
-  std::vector<c10::IValue> in;
-  in.reserve(me.inputs.size());
-  for (size_t i = 0; i < me.inputs.size(); ++i) {
-    const StageInput& si = me.inputs[i];
-    switch (si.kind) {
-      case StageInput::Kind::Activation:
-        TORCH_INTERNAL_ASSERT(state->inputs[i].defined(), "stage ", stage_, " forwards microbatch ", mb,
-                              " without its input from stage ", si.from_stage);
-        in.emplace_back(state->inputs[i]);
-        break;
-      case StageInput::Kind::Data:
-        in.emplace_back(microbatch_slice(batch.inputs.at(si.index), mb, m, "input", si.index).to(options_.device));
-        break;
-      case StageInput::Kind::Target:
-        in.emplace_back(microbatch_slice(batch.targets.at(si.index), mb, m, "target", si.index).to(options_.device));
-        break;
-      case StageInput::Kind::Parameter: in.emplace_back(held_.at(si.index)); break;
-    }
-  }
+  state->received.resize(stages_[stage_].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  auto result = me.runner.run(std::move(in), rng);
-  state->outputs.clear();
-  for (size_t o = 0; o < me.outputs.size(); ++o) {
-    state->outputs.push_back(result[o].toTensor());
-    if (me.outputs[o].model_output == 0) loss_sum_ += state->outputs.back().detach().to(torch::kFloat64);
-  }
+  state->activations = execution_->forward(std::move(state->received), batch, {mb, options_.microbatches}, rng);
+  if (auto loss = execution_->loss(state->activations); loss.defined())
+    loss_sum_ += loss.detach().to(torch::kFloat64);
 }
 
 void PipelineExecutor::backward(int mb) {
-  const StageProgram& me = stages_[stage_];
   auto it = live_.find(mb);
   TORCH_INTERNAL_ASSERT(it != live_.end(), "backward of microbatch ", mb, " that was not forwarded");
   Microbatch& state = *it->second;
-  std::vector<torch::Tensor> roots, grads;
-  for (size_t o = 0; o < me.outputs.size(); ++o) {
-    const torch::Tensor& t = state.outputs[o];
-    if (!t.requires_grad()) continue;
-    if (me.outputs[o].model_output == 0) {
-      // The step's loss is the mean over microbatches (and replicas: dp averages).
-      roots.push_back(t);
-      grads.push_back(torch::full_like(t, 1.0 / options_.microbatches));
-    } else if (auto g = state.output_grads.find(static_cast<int>(o)); g != state.output_grads.end()) {
-      roots.push_back(t);
-      grads.push_back(g->second);
-    }
-  }
-  if (!roots.empty()) torch::autograd::backward(roots, grads);
-  for (size_t i = 0; i < me.inputs.size(); ++i) {
-    const torch::Tensor& leaf = state.inputs[i];
-    if (me.inputs[i].kind != StageInput::Kind::Activation || !leaf.requires_grad()) continue;
-    state.input_grads[static_cast<int>(i)] = leaf.grad().defined() ? leaf.grad() : torch::zeros_like(leaf);
-  }
-  state.outputs.clear();
+  // The step's loss is the mean over microbatches (and replicas: dp averages).
+  state.input_grads =
+      execution_->backward(std::move(state.activations), state.output_grads, 1.0 / options_.microbatches);
   state.output_grads.clear();
-  state.inputs.clear();
   // A stage that receives nothing sends no gradients back: the microbatch ends here.
   if (recv_from_.empty()) live_.erase(it);
 }
@@ -233,7 +179,7 @@ void PipelineExecutor::communicate(const Instruction& ins) {
       case Transfer::Kind::SendAct:
         for (const auto& [peer, outs] : send_to_)
           for (size_t k = 0; k < outs.size(); ++k)
-            pp.post_send(state_of(mb).outputs.at(outs[k]), peer, tag_of(mb, false, static_cast<int>(k)),
+            pp.post_send(state_of(mb).activations.outputs.at(outs[k]), peer, tag_of(mb, false, static_cast<int>(k)),
                          describe(false, mb));
         break;
       case Transfer::Kind::RecvAct:
@@ -259,7 +205,7 @@ void PipelineExecutor::communicate(const Instruction& ins) {
         for (const auto& [peer, outs] : send_to_) {
           auto& s = state_of(mb);
           for (size_t k = 0; k < outs.size(); ++k)
-            if (const auto& out = s.outputs.at(outs[k]); out.requires_grad()) {
+            if (const auto& out = s.activations.outputs.at(outs[k]); out.requires_grad()) {
               requests.push_back({peer, tag_of(mb, true, static_cast<int>(k)), describe(true, mb),
                                   out.sizes().vec(), out.scalar_type()});
               targets.push_back({mb, true, outs[k]});
@@ -272,8 +218,8 @@ void PipelineExecutor::communicate(const Instruction& ins) {
   for (size_t r = 0; r < received.size(); ++r) {
     Microbatch& s = state_of(targets[r].mb);
     if (!targets[r].grad) {
-      s.inputs.resize(stages_[stage_].inputs.size());
-      s.inputs[targets[r].position] = received[r];
+      s.received.resize(stages_[stage_].inputs.size());
+      s.received[targets[r].position] = received[r];
     } else {
       auto& g = s.output_grads[targets[r].position];
       g = g.defined() ? g + received[r] : received[r];
@@ -289,7 +235,7 @@ void PipelineExecutor::reduce_grads() {
   buffers_->finish_step();  // every forward of the step is done
   torch::NoGradGuard no_grad;
   for (auto& [param, group] : groups_.tied) {
-    auto& p = held_.at(param);
+    const auto& p = execution_->parameters().at(param);
     if (!p.requires_grad()) continue;
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     group->allreduce_sum(p.mutable_grad());

@@ -1,6 +1,5 @@
 // The example models and the synthetic data.
-#include "trine/partitioner/partition_method.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/examples/synthetic_data.h"
 
 #include <gtest/gtest.h>
@@ -55,7 +54,7 @@ TEST(ExampleModels, StagedTrainingLowersTheGptLoss) {
   auto m = make_example_model(s);
   const TracedModel traced = trace(m.module, m.loss, m.batch(0));
   ProxyGraph proxy = build_proxy_graph(traced);
-  SequentialStagedModel staged(traced, proxy, uniform_assignment(static_cast<int>(proxy.layers.size()), 3));
+  SequentialStagedModel staged(traced, proxy, trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 3));
   torch::optim::AdamW opt(staged.parameters(), torch::optim::AdamWOptions(1e-2));
   double first = 0, last = 0;
   for (int step = 0; step < 60; ++step) {

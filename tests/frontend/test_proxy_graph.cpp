@@ -1,5 +1,5 @@
 // The proxy IR: layers, costs, JSON.
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/examples/gpt.h"
 #include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"

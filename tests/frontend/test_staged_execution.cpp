@@ -1,8 +1,7 @@
 // Staged execution in one process: for every example model, every number of
 // stages from 1 to the number of layers, with and without dropout, the loss and
 // every parameter's gradient equal those of the unsplit model.
-#include "trine/partitioner/partition_method.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 
 #include <gtest/gtest.h>
 
@@ -83,7 +82,7 @@ TEST_P(StagedExecution, EveryStageCountMatchesTheUnsplitModel) {
     EXPECT_GT(std::abs(ref.loss - eager.loss), 0) << "per-op seeding should draw other masks than the eager run";
   }
   for (int k = 1; k <= layers; ++k) {
-    SequentialStagedModel staged(traced, proxy, uniform_assignment(layers, k));
+    SequentialStagedModel staged(traced, proxy, trine::testing::even_stages(layers, k));
     ASSERT_EQ(staged.num_stages(), k);
     const double loss = staged.forward_backward(batch, rng).item<double>();
     staged.reduce_shared_gradients();
@@ -102,7 +101,7 @@ TEST(StagedExecutionDetails, TiedEmbeddingOnTwoStagesIsHeldByBothAndStaysIdentic
   const TracedModel traced = trace(m.module, m.loss, m.batch(0));
   const ProxyGraph proxy = build_proxy_graph(traced);
   const int layers = static_cast<int>(proxy.layers.size());
-  SequentialStagedModel staged(traced, proxy, uniform_assignment(layers, 2));
+  SequentialStagedModel staged(traced, proxy, trine::testing::even_stages(layers, 2));
   EXPECT_TRUE(staged.parameter("tok_emb.weight", 0).defined());
   EXPECT_TRUE(staged.parameter("tok_emb.weight", 1).defined());
   EXPECT_NE(staged.parameter("tok_emb.weight", 0).data_ptr(), staged.parameter("tok_emb.weight", 1).data_ptr());
@@ -126,7 +125,7 @@ TEST(StagedExecutionDetails, SkipConnectionsGoStraightToTheConsumingStage) {
   const TracedModel traced = trace(m.module, m.loss, m.batch(0));
   const ProxyGraph proxy = build_proxy_graph(traced);
   const int layers = static_cast<int>(proxy.layers.size());
-  auto stages = split_into_stages(traced, proxy, uniform_assignment(layers, layers));
+  auto stages = split_into_stages(traced, proxy, trine::testing::even_stages(layers, layers));
   int skips = 0;
   for (const auto& st : stages)
     for (const auto& in : st.inputs)
@@ -147,7 +146,7 @@ TEST(StagedExecutionDetails, DropoutMasksDependOnMicrobatchNotOnSplit) {
   const auto batch = m.batch(0);
   const TracedModel traced = trace(m.module, m.loss, batch);
   const ProxyGraph proxy = build_proxy_graph(traced);
-  SequentialStagedModel staged(traced, proxy, uniform_assignment(static_cast<int>(proxy.layers.size()), 3));
+  SequentialStagedModel staged(traced, proxy, trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 3));
   auto loss_at = [&](int64_t mb) {
     return staged.forward_backward(batch, RngPolicy{RngPolicy::Mode::PerOp, 1, mb}).item<double>();
   };

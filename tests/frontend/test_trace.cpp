@@ -1,7 +1,6 @@
 // Tracing: names of inputs, the three kinds of model, and the errors for what
 // cannot be traced.
-#include "trine/partitioner/partition_method.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/examples/gpt.h"
 #include "trine/frontend/trace.h"
 
@@ -142,7 +141,7 @@ TEST_F(TorchScriptTrace, SavedModelLoadsTracesAndTrainsLikeTheEagerModule) {
   auto ref = loss({loaded.forward({batch.inputs[0]}).toTensor()}, batch.targets);
   ref.backward();
   for (int k = 1; k <= 3; ++k) {
-    SequentialStagedModel staged(t, proxy, uniform_assignment(3, k));
+    SequentialStagedModel staged(t, proxy, trine::testing::even_stages(3, k));
     const double l = staged.forward_backward(batch).item<double>();
     EXPECT_NEAR(l, ref.item<double>(), 1e-6 * std::abs(ref.item<double>())) << "k=" << k;
     for (const auto& p : loaded.named_parameters(true))

@@ -4,7 +4,7 @@
 // and gradients.
 #include "trine/partitioner/profiler.h"
 #include "trine/partitioner/stage_plan.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // The layer profiler: real times, exact kept-activation bytes on a model whose
 // autograd graph is known, the thread count honoured and restored.
 #include "trine/partitioner/profiler.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>

@@ -2,7 +2,7 @@
 // and on load naming the stage or layer at fault.
 #include "trine/common/files.h"
 #include "trine/partitioner/stage_plan.h"
-#include "../common/reference.h"
+#include "../support/reference.h"
 
 #include <gtest/gtest.h>
 

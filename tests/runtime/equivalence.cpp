@@ -4,7 +4,7 @@
 // process with plain LibTorch on the whole global batch. Every step's loss
 // and, after the last step, every parameter this rank holds must agree within
 // the tolerance. Exits 1 on any rank that disagrees (mpirun then fails).
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/runtime/trainer.h"
 
 #include <CLI/CLI.hpp>

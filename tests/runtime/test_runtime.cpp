@@ -2,7 +2,7 @@
 // configs and the learning-rate schedule, launcher detection, Gloo
 // communicators and gradient buckets (ranks as threads), and the trainer on
 // one process (nn::Module and TorchScript models, checkpoints).
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
 #include "trine/runtime/launch.h"

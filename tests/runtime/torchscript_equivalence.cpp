@@ -6,7 +6,7 @@
 // which trine's replicas and microbatches take the rows). Every step's loss,
 // and after the last step every parameter and buffer this rank holds, must
 // agree within the tolerance. Exits 1 on any rank that disagrees.
-#include "../common/reference.h"
+#include "../support/reference.h"
 #include "trine/runtime/losses.h"
 #include "trine/runtime/trainer.h"
 

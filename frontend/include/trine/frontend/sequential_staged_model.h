@@ -1,15 +1,17 @@
 // All pipeline stages of a model run one after another in one process: the
 // reference behaviour of a pipeline without the communication. Each stage holds
-// its own copy of its parameters and buffers (as it would on its own rank);
+// its own copy of its parameters and buffers (as it would on its own rank) and
+// runs through the same StageExecution as a pipeline rank;
 // activations cross stages detached, and their gradients flow back by hand,
 // exactly as between ranks. Used to prove that a split trains like the whole
 // model, and by the benchmarks.
 #pragma once
+#include "trine/frontend/stage_execution.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/frontend/trace.h"
 
+#include <map>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace trine {
@@ -26,6 +28,9 @@ struct StageMeasurements {
 class SequentialStagedModel {
  public:
   SequentialStagedModel(const TracedModel& model, ProxyGraph proxy, const std::vector<int>& stage_of_layer);
+  SequentialStagedModel(const SequentialStagedModel&) = delete;  // executions_ point into stages_
+  SequentialStagedModel& operator=(const SequentialStagedModel&) = delete;
+  SequentialStagedModel(SequentialStagedModel&&) = default;
 
   // Forward and backward of one microbatch through every stage; adds into the
   // stages' parameter gradients and returns the loss (detached). The batch
@@ -53,10 +58,13 @@ class SequentialStagedModel {
 
  private:
   int param_id(const std::string& name) const;
+  // What `stage` receives: each activation it reads, detached from its
+  // producer's graph as a transfer between ranks would (a leaf of its own).
+  std::vector<torch::Tensor> receive(int stage, const std::map<int, torch::Tensor>& produced) const;
 
   ProxyGraph proxy_;
   std::vector<StageProgram> stages_;
-  std::vector<std::unordered_map<int, torch::Tensor>> held_;  // stage -> parameter id -> copy
+  std::vector<StageExecution> executions_;  // one per stage, over stages_ (never resized after construction)
 };
 
 }  // namespace trine

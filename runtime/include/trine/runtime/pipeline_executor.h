@@ -13,6 +13,7 @@
 // (runtime/src/buffer_sync.h).
 #pragma once
 #include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/stage_execution.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/frontend/traced_model.h"
 #include "trine/runtime/communicator.h"
@@ -95,7 +96,7 @@ class PipelineExecutor {
   std::vector<Instruction> program_;
   ExecutorGroups groups_;
   ExecutorOptions options_;
-  std::map<int, torch::Tensor> held_;  // parameter id -> copy
+  std::unique_ptr<StageExecution> execution_;  // this stage's parameters, forward and backward
   std::vector<torch::Tensor> trainable_;
   std::vector<bool> owned_;
   // Transfers: per peer stage, the positions (inputs or outputs) in value order.

@@ -1,12 +1,22 @@
 // Test helpers: eager reference runs and relative differences.
 #pragma once
 #include "trine/frontend/sequential_staged_model.h"
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace trine::testing {
+
+// Layers cut into k stages of (nearly) equal layer counts, in order: what the
+// partitioner's "uniform" method gives, written here so that tests of the parts
+// below the partitioner need not link it.
+inline std::vector<int> even_stages(int num_layers, int k) {
+  std::vector<int> stage_of_layer(num_layers);
+  for (int l = 0; l < num_layers; ++l) stage_of_layer[l] = static_cast<int>(static_cast<int64_t>(l) * k / num_layers);
+  return stage_of_layer;
+}
 
 // ||a - b|| / ||b|| (0 when both are zero).
 inline double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {

@@ -1,4 +1,4 @@
-#include "trine/launcher/example_models.h"
+#include "trine/examples/example_tasks.h"
 
 #include "trine/examples/branch_model.h"
 #include "trine/examples/gpt.h"

@@ -1,0 +1,80 @@
+// One pipeline stage's computation on one microbatch: the single place where a
+// stage program meets autograd (docs/design.md §5). Every way of running stages
+// (SequentialStagedModel in one process, the runtime's PipelineExecutor on one
+// rank per stage, and later recomputation, tensor parallelism and swapping)
+// runs a stage through this class, so they cannot drift apart.
+//
+// Contract:
+//   - The stage holds its own copies of its parameters and buffers, made from
+//     the traced model's tensors when it is built; parameter gradients
+//     accumulate into those copies.
+//   - forward() takes the activations this stage receives as autograd leaves
+//     (whoever moves them between stages detaches them), slices this
+//     microbatch's data and targets, and runs the stage graph with grad on.
+//   - backward() seeds the loss output (if this stage computes it) with a
+//     constant, every other output with the gradient its readers sent back,
+//     and returns the gradients of the received activations.
+//   - It knows nothing of ranks, schedules or communication.
+#pragma once
+#include "trine/frontend/graph_runner.h"
+#include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/stage_split.h"
+#include "trine/frontend/traced_model.h"
+
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace trine {
+
+// One microbatch on one stage between its forward and its backward.
+struct StageActivations {
+  std::vector<torch::Tensor> inputs;   // per stage input: the received activation (a leaf), else undefined
+  std::vector<torch::Tensor> outputs;  // per stage output, with its autograd history
+};
+
+// Which rows of a batch one forward reads: microbatch `index` of `count`
+// equal slices along dim 0 (count 1: the batch as it is).
+struct MicrobatchSlice {
+  int index = 0;
+  int count = 1;
+};
+
+class StageExecution {
+ public:
+  // `program` must outlive this object. Parameter and buffer copies go to
+  // `device`, or stay where the model's tensors are when it is not given.
+  StageExecution(const StageProgram& program, const TracedModel& model, const ProxyGraph& proxy,
+                 std::optional<c10::Device> device = std::nullopt);
+
+  // Forward of one microbatch. `received` has one entry per stage input: the
+  // activation for each Activation input (required), undefined for the rest.
+  // Data and targets are `slice` of `batch`, moved to the stage's device.
+  StageActivations forward(std::vector<torch::Tensor> received, const SampleBatch& batch, MicrobatchSlice slice,
+                           const RngPolicy& rng) const;
+
+  // Backward of one microbatch, consuming its activations. The loss output is
+  // seeded with `loss_seed` (1/m for a mean over m microbatches); output o with
+  // `output_grads[o]` where present (outputs nobody differentiates are not
+  // seeded). Returns, for every Activation input whose leaf requires grad, the
+  // gradient that reached it, or zeros of its shape when none did.
+  std::map<int, torch::Tensor> backward(StageActivations&& activations, const std::map<int, torch::Tensor>& output_grads,
+                                        double loss_seed) const;
+
+  // The loss among a forward's outputs; undefined on stages that do not compute it.
+  torch::Tensor loss(const StageActivations& activations) const;
+
+  const StageProgram& program() const { return *program_; }
+  // Parameter and buffer copies held by this stage: ProxyGraph parameter id -> tensor.
+  const std::map<int, torch::Tensor>& parameters() const { return held_; }
+
+ private:
+  torch::Tensor batch_tensor(const SampleBatch& batch, const StageInput& input, MicrobatchSlice slice) const;
+
+  const StageProgram* program_;
+  std::map<int, torch::Tensor> held_;
+  std::optional<c10::Device> device_;
+  int loss_output_ = -1;  // position of the model's output 0 among the stage outputs
+};
+
+}  // namespace trine

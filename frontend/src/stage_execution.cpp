@@ -1,0 +1,95 @@
+#include "trine/frontend/stage_execution.h"
+
+namespace trine {
+
+StageExecution::StageExecution(const StageProgram& program, const TracedModel& model, const ProxyGraph& proxy,
+                               std::optional<c10::Device> device)
+    : program_(&program), device_(device) {
+  torch::NoGradGuard no_grad;
+  for (int p : program.params) {
+    const torch::Tensor& original = model.inputs.at(proxy.params[p].value).value;
+    const torch::Tensor placed = device_ ? original.detach().to(*device_) : original.detach();
+    held_[p] = placed.clone().requires_grad_(original.requires_grad());
+  }
+  for (size_t o = 0; o < program.outputs.size(); ++o)
+    if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
+}
+
+torch::Tensor StageExecution::batch_tensor(const SampleBatch& batch, const StageInput& input,
+                                           MicrobatchSlice slice) const {
+  const bool is_data = input.kind == StageInput::Kind::Data;
+  const char* kind = is_data ? "input" : "target";
+  const std::vector<torch::Tensor>& tensors = is_data ? batch.inputs : batch.targets;
+  TORCH_CHECK(input.index < static_cast<int>(tensors.size()), "the batch has ", tensors.size(), " ", kind,
+              "s; stage ", program_->stage, " reads ", kind, " ", input.index);
+  torch::Tensor t = tensors[input.index];
+  if (slice.count != 1) {
+    TORCH_CHECK(t.dim() >= 1 && t.size(0) % slice.count == 0, kind, " ", input.index, " has ",
+                t.dim() ? t.size(0) : 0, " rows, which do not split into ", slice.count, " equal microbatches");
+    const int64_t rows = t.size(0) / slice.count;
+    t = t.narrow(0, slice.index * rows, rows);
+  }
+  return device_ ? t.to(*device_) : t;
+}
+
+StageActivations StageExecution::forward(std::vector<torch::Tensor> received, const SampleBatch& batch,
+                                         MicrobatchSlice slice, const RngPolicy& rng) const {
+  const StageProgram& me = *program_;
+  TORCH_INTERNAL_ASSERT(received.size() == me.inputs.size(), "stage ", me.stage, " got ", received.size(),
+                        " received inputs for ", me.inputs.size(), " graph inputs");
+  std::vector<c10::IValue> in;
+  in.reserve(me.inputs.size());
+  for (size_t i = 0; i < me.inputs.size(); ++i) {
+    const StageInput& si = me.inputs[i];
+    switch (si.kind) {
+      case StageInput::Kind::Activation:
+        TORCH_INTERNAL_ASSERT(received[i].defined(), "stage ", me.stage, " forwards microbatch ", rng.microbatch,
+                              " without its input from stage ", si.from_stage);
+        in.emplace_back(received[i]);
+        break;
+      case StageInput::Kind::Data:
+      case StageInput::Kind::Target: in.emplace_back(batch_tensor(batch, si, slice)); break;
+      case StageInput::Kind::Parameter: in.emplace_back(held_.at(si.index)); break;
+    }
+  }
+  auto result = me.runner.run(std::move(in), rng);
+  StageActivations out;
+  out.inputs = std::move(received);
+  out.outputs.reserve(result.size());
+  for (auto& r : result) out.outputs.push_back(r.toTensor());
+  return out;
+}
+
+std::map<int, torch::Tensor> StageExecution::backward(StageActivations&& activations,
+                                                      const std::map<int, torch::Tensor>& output_grads,
+                                                      double loss_seed) const {
+  const StageProgram& me = *program_;
+  StageActivations a = std::move(activations);
+  std::vector<torch::Tensor> roots, seeds;
+  for (size_t o = 0; o < a.outputs.size(); ++o) {
+    const torch::Tensor& t = a.outputs[o];
+    if (!t.requires_grad()) continue;
+    if (static_cast<int>(o) == loss_output_) {
+      roots.push_back(t);
+      seeds.push_back(torch::full_like(t, loss_seed));
+    } else if (auto g = output_grads.find(static_cast<int>(o)); g != output_grads.end()) {
+      roots.push_back(t);
+      seeds.push_back(g->second);
+    }
+  }
+  if (!roots.empty()) torch::autograd::backward(roots, seeds);
+  a.outputs.clear();  // the graph is spent; free what it held before returning
+  std::map<int, torch::Tensor> input_grads;
+  for (size_t i = 0; i < me.inputs.size(); ++i) {
+    const torch::Tensor& leaf = a.inputs[i];
+    if (me.inputs[i].kind != StageInput::Kind::Activation || !leaf.requires_grad()) continue;
+    input_grads[static_cast<int>(i)] = leaf.grad().defined() ? leaf.grad() : torch::zeros_like(leaf);
+  }
+  return input_grads;
+}
+
+torch::Tensor StageExecution::loss(const StageActivations& activations) const {
+  return loss_output_ < 0 ? torch::Tensor() : activations.outputs.at(loss_output_);
+}
+
+}  // namespace trine
