@@ -19,6 +19,22 @@ std::string describe(bool grad, int mb) {
   return std::string(grad ? "the gradient" : "the activation") + " of microbatch " + std::to_string(mb);
 }
 
+// The microbatches a step has: those the program forwards, which must be
+// 0 .. m-1, each once (the schedule checker proves this of every schedule).
+int count_microbatches(const std::vector<Instruction>& program, int stage) {
+  std::set<int> forwarded;
+  size_t forwards = 0;
+  for (const Instruction& ins : program)
+    if (ins.op == Instruction::Op::Forward) {
+      forwarded.insert(ins.microbatch);
+      ++forwards;
+    }
+  const int m = static_cast<int>(forwarded.size());
+  TORCH_INTERNAL_ASSERT(m >= 1 && forwards == forwarded.size() && *forwarded.begin() == 0 && *forwarded.rbegin() == m - 1,
+                        "stage ", stage, "'s program does not forward microbatches 0 .. m-1 once each");
+  return m;
+}
+
 }  // namespace
 
 struct PipelineExecutor::Microbatch {
@@ -36,6 +52,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
   std::map<int, int> first_holder;  // parameter id -> first stage holding it
   for (const auto& s : stages_)
     for (int p : s.params) first_holder.emplace(p, s.stage);
+  microbatches_ = count_microbatches(program_, stage_);
   execution_ = std::make_unique<StageExecution>(me, model, proxy, options_.device);
   const auto& held = execution_->parameters();
   // Gradients become final last layer first: bucket them in reverse.
@@ -45,7 +62,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
       owned_.push_back(first_holder[*it] == stage_);
     }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
-  buffers_ = std::make_unique<BufferSync>(me, proxy, held, groups_.dp, options_.microbatches);
+  buffers_ = std::make_unique<BufferSync>(me, proxy, held, groups_.dp, microbatches_);
 
   // Who sends what to whom, each list in value-id order on both sides.
   std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer -> (value, position)
@@ -66,18 +83,8 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
   };
   recv_from_ = positions(from);
   send_to_ = positions(to);
-  std::set<int> forwarded;
-  for (size_t i = 0; i < program_.size(); ++i) {
+  for (size_t i = 0; i < program_.size(); ++i)
     if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
-    if (program_[i].op == Instruction::Op::Forward) forwarded.insert(program_[i].microbatch);
-  }
-  // One source of truth for the microbatch count: the program must forward
-  // exactly microbatches 0 .. m-1 of the options this executor splits by.
-  TORCH_INTERNAL_ASSERT(static_cast<int>(forwarded.size()) == options_.microbatches &&
-                            (forwarded.empty() || (*forwarded.begin() == 0 &&
-                                                   *forwarded.rbegin() == options_.microbatches - 1)),
-                        "stage ", stage_, "'s program forwards ", forwarded.size(), " microbatches, but the executor "
-                        "splits every batch into ", options_.microbatches);
   // The traced shapes of received activations: known before they arrive.
   input_shapes_.resize(me.inputs.size());
   for (size_t i = 0; i < me.inputs.size(); ++i) {
@@ -142,7 +149,7 @@ void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_m
   if (!state) state = std::make_unique<Microbatch>();
   state->received.resize(stages_[stage_].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  state->activations = execution_->forward(std::move(state->received), batch, {mb, options_.microbatches}, rng);
+  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng);
   if (auto loss = execution_->loss(state->activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
 }
@@ -153,7 +160,7 @@ void PipelineExecutor::backward(int mb) {
   Microbatch& state = *it->second;
   // The step's loss is the mean over microbatches (and replicas: dp averages).
   state.input_grads =
-      execution_->backward(std::move(state.activations), state.output_grads, 1.0 / options_.microbatches);
+      execution_->backward(std::move(state.activations), state.output_grads, 1.0 / microbatches_);
   state.output_grads.clear();
   // A stage that receives nothing sends no gradients back: the microbatch ends here.
   if (recv_from_.empty()) live_.erase(it);

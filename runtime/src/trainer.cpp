@@ -83,12 +83,23 @@ void check_batch_like_trace(const SampleBatch& b, const TracedModel& traced) {
 
 }  // namespace
 
+// How a global batch is cut, decided once (split_batch) from the config and
+// the sample: the one source of the microbatch count. It reaches the plan's
+// pipeline shape, from there the schedule program, and the executor counts it
+// from the program; Trainer::init checks that the count came back unchanged.
+struct BatchSplit {
+  int64_t global_rows = 0;      // rows of one step's batch, all replicas
+  int64_t replica_rows = 0;     // rows each data-parallel replica takes
+  int64_t microbatch_rows = 0;  // rows of one microbatch (the traced shape)
+  int microbatches = 0;         // microbatches per replica per step
+};
+
 struct Trainer::Impl {
   TrainConfig config;
   DistributedSession* session = nullptr;
   std::unique_ptr<ProcessGrid> grid;
   int rank = 0, stage = 0, replica = 0;
-  int64_t global_batch = 0, micro_rows = 0;
+  BatchSplit split;
   TracedModel traced;
   ProxyGraph proxy;
   std::unique_ptr<StagePlan> plan;
@@ -166,13 +177,14 @@ StageTopology topology_of(const std::vector<StageProgram>& stages, int num_stage
 // Proves the schedule on this plan's topology before running it: skip
 // transfers (stage i straight to i+2 or later) are safe with Gloo's
 // background sends, but can deadlock 1F1B under NCCL's blocking ones.
-void prove_schedule(const TrainConfig& config, const std::vector<StageProgram>& stages, c10::Device device) {
-  const int p = config.parallel.pp, m = config.microbatches;
+void prove_schedule(const TrainConfig& config, const StagePlan& plan, const std::vector<StageProgram>& stages,
+                    c10::Device device) {
+  const int p = config.parallel.pp, m = plan.pipeline.microbatches;
   try {
-    check_schedule(pipeline_schedule(config.schedule, p, m), m, topology_of(stages, p),
+    check_schedule(pipeline_schedule(plan.pipeline.schedule, p, m), m, topology_of(stages, p),
                    device.is_cpu() ? SendMode::Buffered : SendMode::Blocking);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "the ", config.schedule, " schedule cannot run this plan on ", device, ": ",
+    TORCH_CHECK(false, "the ", plan.pipeline.schedule, " schedule cannot run this plan on ", device, ": ",
                 e.what_without_backtrace(), "\n(try \"schedule\": \"gpipe\", or a plan whose stages send only to the next)");
   }
 }
@@ -182,14 +194,16 @@ void prove_schedule(const TrainConfig& config, const std::vector<StageProgram>& 
 void Trainer::Impl::split_batch(const SampleBatch& sample) {
   const auto& par = config.parallel;
   const int64_t sample_rows = rows_in(sample);
-  global_batch = config.global_batch > 0 ? config.global_batch : sample_rows;
-  const int64_t parts = static_cast<int64_t>(par.dp) * config.microbatches;
-  TORCH_CHECK(global_batch % parts == 0, "global batch ", global_batch, " does not split into dp (", par.dp,
-              ") x microbatches (", config.microbatches, ") = ", parts, " equal microbatches: make it a multiple of ",
+  split.global_rows = config.global_batch > 0 ? config.global_batch : sample_rows;
+  split.microbatches = config.microbatches;
+  const int64_t parts = static_cast<int64_t>(par.dp) * split.microbatches;
+  TORCH_CHECK(split.global_rows % parts == 0, "global batch ", split.global_rows, " does not split into dp (", par.dp,
+              ") x microbatches (", split.microbatches, ") = ", parts, " equal microbatches: make it a multiple of ",
               parts);
-  micro_rows = global_batch / parts;
-  TORCH_CHECK(sample_rows >= micro_rows, "the sample batch has ", sample_rows, " rows, fewer than one microbatch (",
-              micro_rows, ")");
+  split.replica_rows = split.global_rows / par.dp;
+  split.microbatch_rows = split.global_rows / parts;
+  TORCH_CHECK(sample_rows >= split.microbatch_rows, "the sample batch has ", sample_rows,
+              " rows, fewer than one microbatch (", split.microbatch_rows, ")");
 }
 
 // Every rank traces the same model on the same microbatch: identical graphs
@@ -221,7 +235,7 @@ std::string Trainer::Impl::plan_on_rank_0(const SampleBatch& first) const {
     o.stages = par.pp;
     o.memory_limit_bytes = config.partition.memory_limit_bytes;
     o.pipeline.schedule = config.schedule;
-    o.pipeline.microbatches = config.microbatches;
+    o.pipeline.microbatches = split.microbatches;
     o.seed = config.seed;
     o.manual_starts = config.partition.starts;
     CostModel costs = config.partition.profile ? profile_layers(traced, proxy, first) : analytic_costs(proxy);
@@ -297,12 +311,14 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
 void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups,
                                    c10::Device device) {
   ExecutorOptions eo;
-  eo.microbatches = config.microbatches;
   eo.seed = config.seed;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
-  auto program = stage_schedule(config.schedule, config.parallel.pp, config.microbatches, stage);
+  auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);
   executor = std::make_unique<PipelineExecutor>(traced, proxy, std::move(stages), stage, std::move(program), groups, eo);
+  TORCH_INTERNAL_ASSERT(executor->microbatches() == split.microbatches, "the schedule program runs ",
+                        executor->microbatches(), " microbatches per step, the batch is split into ",
+                        split.microbatches);
   if (config.parallel.dp > 1 && replica == 0)
     for (const auto& name : executor->buffers_from_replica_0())
       std::fprintf(stderr, "trine: note (rank %d): buffer '%s' is updated in place in a way that cannot be combined "
@@ -330,14 +346,14 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   const std::string prefix = m.session->next_prefix();
   auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
 
-  SampleBatch first = rows_of(sample, 0, m.micro_rows);
+  SampleBatch first = rows_of(sample, 0, m.split.microbatch_rows);
   for (auto* list : {&first.inputs, &first.targets})
     for (auto& t : *list) t = t.to(device);
   const std::string trace_error = m.trace_model(tracer, first, device);
   m.agree_on_plan(*store, trace_error, first, timeout);
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
   const ExecutorGroups groups = m.make_groups(stages, prefix, device, timeout);
-  prove_schedule(config, stages, device);
+  prove_schedule(config, *m.plan, stages, device);
   m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
@@ -398,12 +414,12 @@ bool Trainer::Impl::accept_step(double loss, double norm) {
 double Trainer::step(const SampleBatch& global_batch) {
   Impl& m = *impl_;
   const int64_t rows = rows_in(global_batch);
-  TORCH_CHECK(rows == m.global_batch, "step() got a batch of ", rows, " rows; this trainer's global batch is ",
-              m.global_batch);
+  TORCH_CHECK(rows == m.split.global_rows, "step() got a batch of ", rows, " rows; this trainer's global batch is ",
+              m.split.global_rows);
   check_batch_like_trace(global_batch, m.traced);
-  const int64_t per_replica = m.global_batch / m.config.parallel.dp;
+  const int64_t per_replica = m.split.replica_rows;
   const SampleBatch mine = rows_of(global_batch, m.replica * per_replica, per_replica);
-  const int64_t mbs = m.config.microbatches;
+  const int64_t mbs = m.split.microbatches;
   const int64_t first = (m.step * m.config.parallel.dp + m.replica) * mbs;
   m.executor->run_step(mine, first, [&] { m.optimizer_step(); });
   ++m.step;
@@ -421,7 +437,7 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
     report.skipped_steps = m.skipped_total;
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     report.seconds = secs;
-    report.samples_per_second = static_cast<double>((s + 1 - start) * m.global_batch) / secs;
+    report.samples_per_second = static_cast<double>((s + 1 - start) * m.split.global_rows) / secs;
     report.flops_per_second = report.samples_per_second * 3 * forward_flops_per_sample();
     const bool last = s + 1 == steps;
     if (m.rank == 0 && m.config.log_every > 0 && (s % m.config.log_every == 0 || last))
@@ -460,7 +476,7 @@ const StagePlan& Trainer::plan() const { return *impl_->plan; }
 const TracedModel& Trainer::traced_model() const { return impl_->traced; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 double Trainer::forward_flops_per_sample() const {
-  return impl_->proxy.total_flops() / static_cast<double>(impl_->micro_rows);
+  return impl_->proxy.total_flops() / static_cast<double>(impl_->split.microbatch_rows);
 }
 
 const StepTimings& Trainer::last_step_timings() const { return impl_->executor->timings(); }

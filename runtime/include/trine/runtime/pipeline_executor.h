@@ -43,7 +43,6 @@ struct StepTimings {
 };
 
 struct ExecutorOptions {
-  int microbatches = 1;
   uint64_t seed = 0;
   int64_t bucket_bytes = 1 << 20;
   c10::Device device = c10::kCPU;
@@ -58,14 +57,16 @@ class PipelineExecutor {
   ~PipelineExecutor();
 
   // One step over this replica's batch (every input and target split along
-  // dim 0 into the microbatches). `first_microbatch` numbers them globally,
+  // dim 0 into the program's microbatches). `first_microbatch` numbers them globally,
   // for dropout seeds. `optimizer_step` runs at the OptimizerStep instruction.
   void run_step(const SampleBatch& batch, int64_t first_microbatch, const std::function<void()>& optimizer_step);
 
   // Mean loss of this step's microbatches forwarded so far: a float64 scalar
   // on the stage's device (0 except on the last stage), kept there so that
   // no microbatch waits on a device-to-host copy.
-  torch::Tensor mean_loss() const { return loss_sum_ / options_.microbatches; }
+  torch::Tensor mean_loss() const { return loss_sum_ / microbatches_; }
+  // Microbatches per step: those the program forwards (0 .. m-1).
+  int microbatches() const { return microbatches_; }
   c10::Device device() const { return options_.device; }
   int stage() const { return stage_; }
   bool is_last_stage() const { return stage_ + 1 == static_cast<int>(stages_.size()); }
@@ -106,6 +107,7 @@ class PipelineExecutor {
   std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes_;
   std::unique_ptr<GradientBuckets> buckets_;
   std::unique_ptr<BufferSync> buffers_;  // in-place buffer updates, combined across replicas
+  int microbatches_ = 0;
   int last_backward_ = -1;  // instruction index of the step's final backward
   torch::Tensor loss_sum_;
   StepTimings timings_;
