@@ -170,3 +170,67 @@ TEST(StagedExecutionDetails, AssignmentAgainstDataFlowIsAnErrorNamingTheLayers) 
   expect_error({0, 0, 2, 2, 2, 2}, "stage 1 of 3 has no layer");
   expect_error({0, 0, 1}, "names 3 layers, but the model has 6");
 }
+
+// The core every executor runs stages through: microbatch slices, the loss
+// seed, the gradients of received activations, and parameter copies of its own.
+TEST(StageExecutionCore, TwoStagesOnMicrobatchSlicesGiveTheScaledWholeModelGradients) {
+  auto m = make_example_model(spec_of({"skip", false, 0.0}));
+  const SampleBatch batch = m.batch(1);  // 4 rows: two microbatches of 2
+  SampleBatch first_two;  // the traced shape: one microbatch
+  for (const auto& t : batch.inputs) first_two.inputs.push_back(t.narrow(0, 0, 2));
+  for (const auto& t : batch.targets) first_two.targets.push_back(t.narrow(0, 0, 2));
+  const TracedModel traced = trace(m.module, m.loss, first_two);
+  const ProxyGraph proxy = build_proxy_graph(traced);
+  const auto stages = split_into_stages(traced, proxy, trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 2));
+  std::vector<StageExecution> run;
+  for (const auto& st : stages) run.emplace_back(st, traced, proxy);
+  EXPECT_NE(run[0].parameters().begin()->second.data_ptr(),
+            traced.inputs.at(proxy.params[run[0].parameters().begin()->first].value).value.data_ptr());
+
+  double loss_sum = 0;
+  for (int mb = 0; mb < 2; ++mb) {
+    auto first = run[0].forward(std::vector<torch::Tensor>(stages[0].inputs.size()), batch, {mb, 2}, {});
+    EXPECT_FALSE(run[0].loss(first).defined());
+    std::vector<torch::Tensor> received(stages[1].inputs.size());
+    std::map<int, int> output_of_value;  // stage 0: value id -> output index
+    for (size_t o = 0; o < stages[0].outputs.size(); ++o) output_of_value[stages[0].outputs[o].value] = static_cast<int>(o);
+    for (size_t i = 0; i < stages[1].inputs.size(); ++i)
+      if (stages[1].inputs[i].kind == StageInput::Kind::Activation)
+        received[i] = first.outputs.at(output_of_value.at(stages[1].inputs[i].value)).detach().requires_grad_(true);
+    auto second = run[1].forward(received, batch, {mb, 2}, {});
+    loss_sum += run[1].loss(second).item<double>();
+    auto grads = run[1].backward(std::move(second), {}, 0.5);  // the mean over two microbatches
+    ASSERT_FALSE(grads.empty());
+    std::map<int, torch::Tensor> output_grads;
+    for (const auto& [i, g] : grads) {
+      EXPECT_EQ(g.sizes(), received[i].sizes());
+      output_grads[output_of_value.at(stages[1].inputs[i].value)] = g;
+    }
+    EXPECT_TRUE(run[0].backward(std::move(first), output_grads, 0.5).empty());  // stage 0 receives nothing
+  }
+
+  // The reference: the whole model on the 4 rows at once (its loss is a mean over rows).
+  const Reference ref = eager_step(m, batch);
+  EXPECT_NEAR(loss_sum / 2, ref.loss, 1e-6 * std::abs(ref.loss));
+  for (const auto& [name, g] : ref.grads) {
+    const int p = proxy.find_param(name);
+    torch::Tensor got;
+    for (const auto& r : run)
+      if (auto it = r.parameters().find(p); it != r.parameters().end()) got = it->second.grad();
+    ASSERT_TRUE(got.defined()) << name;
+    EXPECT_LE(rel_diff(got, g), 1e-6) << name;
+  }
+  try {
+    run[1].forward(std::vector<torch::Tensor>(stages[1].inputs.size()), batch, {0, 2}, {});
+    ADD_FAILURE() << "a forward without its received activation ran";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("without its input from stage 0"), std::string::npos) << e.what();
+  }
+  try {
+    run[0].forward(std::vector<torch::Tensor>(stages[0].inputs.size()), batch, {0, 3}, {});
+    ADD_FAILURE() << "4 rows split into 3 microbatches";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rows, which do not split into 3 equal microbatches"), std::string::npos)
+        << e.what();
+  }
+}
