@@ -84,7 +84,7 @@ torch::Tensor SequentialStagedModel::forward_backward(const SampleBatch& batch, 
     if (measure) synchronize(device);
     const auto t0 = Clock::now();
     const int64_t live_before = counter ? counter->live() : 0;
-    activations[s] = executions_[s].forward(receive(static_cast<int>(s), produced), batch, {}, rng);
+    activations[s] = executions_[s].forward(receive(static_cast<int>(s), produced), batch, {}, rng, !recompute_);
     for (size_t o = 0; o < st.outputs.size(); ++o)
       if (!st.outputs[o].to_stages.empty()) produced[st.outputs[o].value] = activations[s].outputs[o];
     if (auto l = executions_[s].loss(activations[s]); l.defined()) loss = l;

@@ -13,6 +13,12 @@ StageExecution::StageExecution(const StageProgram& program, const TracedModel& m
   }
   for (size_t o = 0; o < program.outputs.size(); ++o)
     if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
+  // The trace ran with autograd on: its value types record which outputs require grad.
+  for (const torch::jit::Value* out : program.graph->outputs()) {
+    const auto type = out->type()->cast<c10::TensorType>();
+    const bool floating = type && type->scalarType() && c10::isFloatingType(*type->scalarType());
+    output_requires_grad_.push_back(floating && type->requiresGrad().value_or(true));
+  }
 }
 
 torch::Tensor StageExecution::batch_tensor(const SampleBatch& batch, const StageInput& input,
@@ -33,7 +39,7 @@ torch::Tensor StageExecution::batch_tensor(const SampleBatch& batch, const Stage
 }
 
 StageActivations StageExecution::forward(std::vector<torch::Tensor> received, const SampleBatch& batch,
-                                         MicrobatchSlice slice, const RngPolicy& rng) const {
+                                         MicrobatchSlice slice, const RngPolicy& rng, bool keep_graph) const {
   const StageProgram& me = *program_;
   TORCH_INTERNAL_ASSERT(received.size() == me.inputs.size(), "stage ", me.stage, " got ", received.size(),
                         " received inputs for ", me.inputs.size(), " graph inputs");
@@ -52,12 +58,41 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
       case StageInput::Kind::Parameter: in.emplace_back(held_.at(si.index)); break;
     }
   }
-  auto result = me.runner.run(std::move(in), rng);
   StageActivations out;
   out.inputs = std::move(received);
+  if (keep_graph) {
+    auto result = me.runner.run(std::move(in), rng);
+    out.outputs.reserve(result.size());
+    for (auto& r : result) out.outputs.push_back(r.toTensor());
+    return out;
+  }
+  TORCH_CHECK(rng.mode == RngPolicy::Mode::PerOp, "stage ", me.stage, ": recomputation needs random ops drawn by "
+              "RngPolicy::PerOp (the same numbers when the forward runs again)");
+  std::vector<c10::IValue> result;
+  {
+    torch::NoGradGuard no_grad;
+    out.graph_inputs = in;
+    for (size_t i = 0; i < me.inputs.size(); ++i)
+      if (me.inputs[i].kind == StageInput::Kind::Parameter && !held_.at(me.inputs[i].index).requires_grad())
+        out.graph_inputs[i] = held_.at(me.inputs[i].index).clone();
+    result = me.runner.run(std::move(in), rng);
+  }
   out.outputs.reserve(result.size());
-  for (auto& r : result) out.outputs.push_back(r.toTensor());
+  for (size_t o = 0; o < result.size(); ++o) {
+    torch::Tensor t = result[o].toTensor();
+    out.outputs.push_back(output_requires_grad_[o] ? t.detach().requires_grad_(true) : t);
+  }
+  out.recompute_pending = true;
+  out.rng = rng;
   return out;
+}
+
+void StageExecution::recompute(StageActivations& activations) const {
+  if (!activations.recompute_pending) return;
+  auto result = program_->runner.run(std::move(activations.graph_inputs), activations.rng);
+  activations.graph_inputs.clear();
+  activations.recompute_pending = false;
+  for (size_t o = 0; o < result.size(); ++o) activations.outputs[o] = result[o].toTensor();
 }
 
 std::map<int, torch::Tensor> StageExecution::backward(StageActivations&& activations,
@@ -65,6 +100,7 @@ std::map<int, torch::Tensor> StageExecution::backward(StageActivations&& activat
                                                       double loss_seed) const {
   const StageProgram& me = *program_;
   StageActivations a = std::move(activations);
+  recompute(a);
   std::vector<torch::Tensor> roots, seeds;
   for (size_t o = 0; o < a.outputs.size(); ++o) {
     const torch::Tensor& t = a.outputs[o];

@@ -234,3 +234,80 @@ TEST(StageExecutionCore, TwoStagesOnMicrobatchSlicesGiveTheScaledWholeModelGradi
         << e.what();
   }
 }
+
+// Recomputation: a forward that keeps only its inputs, run again with grad
+// before its backward, gives bit-equal losses and gradients (dropout on, tied
+// weights on two stages) and keeps far fewer bytes between forward and backward.
+TEST(StageExecutionCore, RecomputedStagesGiveBitEqualGradientsAndKeepLess) {
+  auto m = make_example_model(spec_of({"gpt", true, 0.1}));
+  const SampleBatch batch = m.batch(2);
+  const TracedModel traced = trace(m.module, m.loss, batch);
+  const ProxyGraph proxy = build_proxy_graph(traced);
+  const auto assignment = trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 3);
+  SequentialStagedModel kept(traced, proxy, assignment), recomputed(traced, proxy, assignment);
+  recomputed.recompute_every_stage(true);
+  const RngPolicy rng{RngPolicy::Mode::PerOp, 11, 3};
+  StageMeasurements kept_m, recomputed_m;
+  const auto loss = kept.forward_backward(batch, rng, &kept_m);
+  const auto loss_r = recomputed.forward_backward(batch, rng, &recomputed_m);
+  EXPECT_TRUE(torch::equal(loss, loss_r)) << loss.item<double>() << " vs " << loss_r.item<double>();
+  kept.reduce_shared_gradients();
+  recomputed.reduce_shared_gradients();
+  for (const auto& p : proxy.params) {
+    if (!p.requires_grad) continue;
+    const auto g = kept.gradient(p.name), g_r = recomputed.gradient(p.name);
+    ASSERT_TRUE(g.defined() && g_r.defined()) << p.name;
+    EXPECT_TRUE(torch::equal(g, g_r)) << p.name << ": rel " << rel_diff(g_r, g);
+  }
+  for (int s = 0; s < 3; ++s) EXPECT_LT(recomputed_m.kept_bytes[s], kept_m.kept_bytes[s] / 2) << "stage " << s;
+  // Another microbatch number draws other dropout masks: the rerun really reuses the forward's.
+  EXPECT_FALSE(torch::equal(loss, recomputed.forward_backward(batch, {RngPolicy::Mode::PerOp, 11, 4})));
+  // The sequential generator would draw new numbers when run again: refused.
+  try {
+    recomputed.forward_backward(batch);
+    ADD_FAILURE() << "recomputation ran with the sequential generator";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("recomputation needs random ops drawn by RngPolicy::PerOp"),
+              std::string::npos) << e.what();
+  }
+}
+
+namespace {
+struct NormNetImpl : torch::nn::Module {
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+  NormNetImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(6, 8));
+    bn = register_module("bn", torch::nn::BatchNorm1d(8));
+    fc2 = register_module("fc2", torch::nn::Linear(8, 3));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::relu(bn(fc1(x)))); }
+};
+TORCH_MODULE(NormNet);
+}  // namespace
+
+// BatchNorm updates its running statistics in the forward: a recomputed stage
+// updates them once, as the kept one does, and gets the same gradients.
+TEST(StageExecutionCore, RecomputedBatchNormUpdatesItsStatisticsOnce) {
+  torch::manual_seed(3);
+  NormNet net;
+  LossFn loss = [](const std::vector<torch::Tensor>& o, const std::vector<torch::Tensor>& t) {
+    return torch::nn::functional::cross_entropy(o[0], t[0]);
+  };
+  const SampleBatch batch{{torch::randn({5, 6})}, {torch::randint(0, 3, {5})}};
+  const TracedModel traced = trace(torch::nn::AnyModule(net), loss, batch);
+  const ProxyGraph proxy = build_proxy_graph(traced);
+  const auto assignment = trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 2);
+  SequentialStagedModel kept(traced, proxy, assignment), recomputed(traced, proxy, assignment);
+  recomputed.recompute_every_stage(true);
+  const RngPolicy rng{RngPolicy::Mode::PerOp, 0, 0};
+  for (int step = 0; step < 2; ++step) {
+    EXPECT_TRUE(torch::equal(kept.forward_backward(batch, rng), recomputed.forward_backward(batch, rng)));
+  }
+  for (const auto& p : proxy.params) {
+    const auto a = kept.parameter(p.name), b = recomputed.parameter(p.name);
+    EXPECT_TRUE(torch::equal(a, b)) << p.name;  // buffers: running stats, num_batches_tracked = 2
+    if (p.requires_grad) EXPECT_TRUE(torch::equal(a.grad(), b.grad())) << p.name;
+  }
+  EXPECT_EQ(recomputed.parameter("bn.num_batches_tracked").item<int64_t>(), 2);
+}

@@ -44,6 +44,10 @@ class SequentialStagedModel {
   // copies stay identical.
   void reduce_shared_gradients();
   void zero_grad();
+  // With `on`, every stage's forward keeps only its inputs and is run again
+  // before its backward (StageExecution, keep_graph false); the rng passed
+  // to forward_backward must then be RngPolicy::PerOp.
+  void recompute_every_stage(bool on) { recompute_ = on; }
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
   const std::vector<StageProgram>& stages() const { return stages_; }
@@ -65,6 +69,7 @@ class SequentialStagedModel {
   ProxyGraph proxy_;
   std::vector<StageProgram> stages_;
   std::vector<StageExecution> executions_;  // one per stage, over stages_ (never resized after construction)
+  bool recompute_ = false;
 };
 
 }  // namespace trine

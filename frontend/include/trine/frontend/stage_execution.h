@@ -30,7 +30,17 @@ namespace trine {
 // One microbatch on one stage between its forward and its backward.
 struct StageActivations {
   std::vector<torch::Tensor> inputs;   // per stage input: the received activation (a leaf), else undefined
-  std::vector<torch::Tensor> outputs;  // per stage output, with its autograd history
+  std::vector<torch::Tensor> outputs;  // per stage output, with its autograd history (after a
+                                       // forward that kept nothing: its values only, until recompute)
+  // A forward that kept only its inputs: the graph inputs and random policy to
+  // run it again with grad before the backward.
+  // The stage's buffers (tensors it holds that need no gradient) appear
+  // there as copies taken before the forward: the graph may update buffers in
+  // place (BatchNorm's statistics), and the rerun must see what the forward
+  // saw and leave its own updates in the copies.
+  bool recompute_pending = false;
+  std::vector<c10::IValue> graph_inputs;
+  RngPolicy rng;
 };
 
 // Which rows of a batch one forward reads: microbatch `index` of `count`
@@ -50,8 +60,18 @@ class StageExecution {
   // Forward of one microbatch. `received` has one entry per stage input: the
   // activation for each Activation input (required), undefined for the rest.
   // Data and targets are `slice` of `batch`, moved to the stage's device.
+  // With `keep_graph` false the forward runs without grad and keeps only its
+  // inputs (recomputation: the stage's intermediate activations are freed at
+  // once); its outputs carry the values, and require grad where the graph's
+  // would, so that readers differentiate them as usual. That needs random ops
+  // drawn by RngPolicy::PerOp, which draws the same numbers when run again.
   StageActivations forward(std::vector<torch::Tensor> received, const SampleBatch& batch, MicrobatchSlice slice,
-                           const RngPolicy& rng) const;
+                           const RngPolicy& rng, bool keep_graph = true) const;
+
+  // Runs a forward that kept nothing again, with grad, from its kept inputs,
+  // so that its backward can run (the outputs are the same values). Nothing
+  // to do after a forward that kept its graph. backward() calls it itself.
+  void recompute(StageActivations& activations) const;
 
   // Backward of one microbatch, consuming its activations. The loss output is
   // seeded with `loss_seed` (1/m for a mean over m microbatches); output o with
@@ -75,6 +95,7 @@ class StageExecution {
   std::map<int, torch::Tensor> held_;
   std::optional<c10::Device> device_;
   int loss_output_ = -1;  // position of the model's output 0 among the stage outputs
+  std::vector<bool> output_requires_grad_;  // per output: whether the traced graph's does
 };
 
 }  // namespace trine
