@@ -149,7 +149,8 @@ void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_m
   if (!state) state = std::make_unique<Microbatch>();
   state->received.resize(stages_[stage_].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng);
+  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng,
+                                                !options_.recompute);
   if (auto loss = execution_->loss(state->activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
 }

@@ -1,5 +1,6 @@
 #include "trine/runtime/train_config.h"
 
+#include "trine/recompute/recompute_policy.h"
 #include "trine/schedules/schedule_registry.h"
 
 #include <c10/util/Exception.h>
@@ -50,6 +51,11 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.lr_schedule.total_steps = s.get("total_steps", c.lr_schedule.total_steps);
     s.finish();
   }
+  {
+    auto p = r.object("recompute");
+    c.recompute.policy = p.get("policy", c.recompute.policy);
+    p.finish();
+  }
   c.steps = r.get("steps", c.steps);
   c.seed = static_cast<uint64_t>(r.get("seed", static_cast<int64_t>(c.seed)));
   c.device = r.get("device", c.device);
@@ -88,6 +94,7 @@ void TrainConfig::check() const {
     for (const auto& n : schedules) known += (known.empty() ? "\"" : ", \"") + n + "\"";
     TORCH_CHECK(false, "config.schedule '", schedule, "' is unknown; known schedules: ", known);
   }
+  find_recompute_policy(recompute.policy, "config.recompute.policy");
   TORCH_CHECK(optimizer.name == "adamw" || optimizer.name == "sgd", "config.optimizer.name '", optimizer.name,
               "' is unknown; use \"adamw\" or \"sgd\"");
   TORCH_CHECK(optimizer.lr > 0, "config.optimizer.lr must be positive, got ", optimizer.lr);

@@ -6,6 +6,7 @@
 #include "trine/partitioner/cost_model.h"
 #include "trine/partitioner/profiler.h"
 #include "trine/partitioner/stage_plan.h"
+#include "trine/recompute/recompute_policy.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/distributed_session.h"
 #include "trine/runtime/optimizer.h"
@@ -312,6 +313,7 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
+  eo.recompute = recomputes_whole_stage(config.recompute.policy);
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);

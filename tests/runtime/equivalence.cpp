@@ -31,6 +31,7 @@ struct Args {
   double param_tolerance = 1e-4;  // parameters after the last step (Adam amplifies reassociation)
   int die_rank = -1, die_step = -1;  // failure tests: this rank is killed during this step
   std::string device = "cpu";       // cuda: trine's ranks run on the GPU (scripts/gpu-check.sh)
+  std::string recompute = "none";   // config.recompute.policy of trine's run (the reference keeps everything)
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -63,6 +64,7 @@ TrainConfig config_of(const Args& a, int m) {
   c.bucket_bytes = 4096;  // several buckets even for a small model
   c.log_every = 0;
   c.device = a.device;
+  c.recompute.policy = a.recompute;
   return c;
 }
 
@@ -109,6 +111,7 @@ int main(int argc, char** argv) {
   app.add_option("--tolerance", a.tolerance);
   app.add_option("--param-tolerance", a.param_tolerance);
   app.add_option("--device", a.device)->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--recompute", a.recompute);
   app.add_option("--die-rank", a.die_rank);
   app.add_option("--die-step", a.die_step);
   CLI11_PARSE(app, argc, argv);

@@ -104,6 +104,12 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 2; }).find("tensor parallelism is not implemented yet"),
             std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.recompute.policy = "selective"; })
+                .find("config.recompute.policy is \"selective\", which is not implemented yet"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.recompute.policy = "al"; })
+                .find("config.recompute.policy is \"al\", not a recomputation policy; known: \"none\", \"full\""),
+            std::string::npos);
 }
 
 TEST(TrainConfig, WarmupThenCosine) {

@@ -44,6 +44,7 @@ struct StepTimings {
 
 struct ExecutorOptions {
   uint64_t seed = 0;
+  bool recompute = false;  // every forward keeps only the stage's inputs and reruns before its backward
   int64_t bucket_bytes = 1 << 20;
   c10::Device device = c10::kCPU;
 };

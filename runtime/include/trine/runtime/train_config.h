@@ -39,6 +39,10 @@ struct LrScheduleConfig {
   int64_t total_steps = 0;      // where cosine reaches min_lr; 0: the run's steps
 };
 
+struct RecomputeConfig {
+  std::string policy = "none";  // a name from recompute/recompute_policy.h
+};
+
 struct TrainConfig {
   ParallelConfig parallel;
   int64_t global_batch = 0;  // samples per step over all replicas; 0: the sample batch's size
@@ -47,6 +51,7 @@ struct TrainConfig {
   PartitionConfig partition;
   OptimizerConfig optimizer;
   LrScheduleConfig lr_schedule;
+  RecomputeConfig recompute;
   int64_t steps = 100;
   uint64_t seed = 0;              // dropout masks and planning
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
@@ -58,7 +63,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
 
   // Reads the keys above from `r` (nested objects "parallel", "partition",
-  // "optimizer", "lr_schedule", "logging", "checkpoint"); the caller finishes `r`.
+  // "optimizer", "lr_schedule", "recompute", "logging", "checkpoint"); the caller finishes `r`.
   static TrainConfig read(JsonObjectReader& r);
   static TrainConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
   // Throws naming the key and the fix for values that cannot work.
