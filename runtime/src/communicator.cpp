@@ -84,25 +84,37 @@ void Communicator::post_send(const torch::Tensor& t, int peer, uint32_t tag, con
   sends_.push_back({backend_->send(data, peer, static_cast<int>(tag * 2 + 1)), data[0], "sending " + to});
 }
 
-std::vector<torch::Tensor> Communicator::receive(const std::vector<RecvRequest>& requests) {
+void Communicator::post_data(PendingReceives& r, size_t i, const std::vector<int64_t>& shape,
+                             c10::ScalarType dtype) {
+  r.data[i] = {torch::empty(shape, torch::TensorOptions(dtype).device(device_))};
+  r.data_works[i] = backend_->recv(r.data[i], r.requests[i].peer, static_cast<int>(r.requests[i].tag * 2 + 1));
+}
+
+PendingReceives Communicator::post_receives(std::vector<RecvRequest> requests) {
   TORCH_INTERNAL_ASSERT(backend_ || requests.empty(), "receive on a group of one");
   const auto int64 = torch::TensorOptions(torch::kInt64).device(device_);
-  std::vector<std::vector<torch::Tensor>> headers(requests.size()), data(requests.size());
-  std::vector<c10::intrusive_ptr<c10d::Work>> header_works(requests.size()), data_works(requests.size());
-  auto from = [&](size_t i) { return requests[i].what + " from rank " + std::to_string(ranks_[requests[i].peer]); };
-  auto post_data = [&](size_t i, const std::vector<int64_t>& shape, c10::ScalarType dtype) {
-    data[i] = {torch::empty(shape, torch::TensorOptions(dtype).device(device_))};
-    data_works[i] = backend_->recv(data[i], requests[i].peer, static_cast<int>(requests[i].tag * 2 + 1));
-  };
-  for (size_t i = 0; i < requests.size(); ++i) {
-    headers[i] = {torch::zeros({kHeaderLen}, int64)};
-    header_works[i] = backend_->recv(headers[i], requests[i].peer, static_cast<int>(requests[i].tag * 2));
-    if (requests[i].shape) post_data(i, *requests[i].shape, requests[i].dtype);
+  PendingReceives r;
+  r.requests = std::move(requests);
+  const size_t n = r.requests.size();
+  r.headers.resize(n);
+  r.data.resize(n);
+  r.header_works.resize(n);
+  r.data_works.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    r.headers[i] = {torch::zeros({kHeaderLen}, int64)};
+    r.header_works[i] = backend_->recv(r.headers[i], r.requests[i].peer, static_cast<int>(r.requests[i].tag * 2));
+    if (r.requests[i].shape) post_data(r, i, *r.requests[i].shape, r.requests[i].dtype);
   }
+  return r;
+}
+
+std::vector<torch::Tensor> Communicator::finish_receives(PendingReceives r) {
+  const auto& requests = r.requests;
+  auto from = [&](size_t i) { return requests[i].what + " from rank " + std::to_string(ranks_[requests[i].peer]); };
   std::vector<torch::Tensor> out(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
-    wait(header_works[i], "receiving the header of " + from(i));
-    const auto h = headers[i][0].cpu();
+    wait(r.header_works[i], "receiving the header of " + from(i));
+    const auto h = r.headers[i][0].cpu();
     const int64_t* p = h.data_ptr<int64_t>();
     TORCH_CHECK(p[2] >= 0 && p[2] <= kMaxDims, "group ", name_, ": malformed header receiving ", from(i));
     const std::vector<int64_t> shape(p + 3, p + 3 + p[2]);
@@ -112,12 +124,16 @@ std::vector<torch::Tensor> Communicator::receive(const std::vector<RecvRequest>&
                   from(i), " as ", requests[i].dtype, " ", c10::IntArrayRef(*requests[i].shape), ", but it is ",
                   dtype, " ", c10::IntArrayRef(shape), " (do both ranks run the same model and plan?)");
     } else {
-      post_data(i, shape, dtype);
+      post_data(r, i, shape, dtype);
     }
-    out[i] = p[1] != 0 ? data[i][0].requires_grad_(true) : data[i][0];
+    out[i] = p[1] != 0 ? r.data[i][0].requires_grad_(true) : r.data[i][0];
   }
-  for (size_t i = 0; i < requests.size(); ++i) wait(data_works[i], "receiving " + from(i));
+  for (size_t i = 0; i < requests.size(); ++i) wait(r.data_works[i], "receiving " + from(i));
   return out;
+}
+
+std::vector<torch::Tensor> Communicator::receive(const std::vector<RecvRequest>& requests) {
+  return finish_receives(post_receives(requests));
 }
 
 void Communicator::wait_sends() {

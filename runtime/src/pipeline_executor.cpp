@@ -25,7 +25,7 @@ int count_microbatches(const std::vector<Instruction>& program, int stage) {
   std::set<int> forwarded;
   size_t forwards = 0;
   for (const Instruction& ins : program)
-    if (ins.op == Instruction::Op::Forward) {
+    if (is_forward(ins.op)) {
       forwarded.insert(ins.microbatch);
       ++forwards;
     }
@@ -118,8 +118,13 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     double* account = nullptr;
     switch (ins.op) {
       case Instruction::Op::Forward:
-        forward(ins.microbatch, batch, first_microbatch);
+      case Instruction::Op::ForwardCheckpoint:
+        forward(ins.microbatch, batch, first_microbatch, ins.op == Instruction::Op::ForwardCheckpoint);
         account = &timings_.forward_s;
+        break;
+      case Instruction::Op::Recompute:
+        recompute(ins);
+        account = &timings_.recompute_s;
         break;
       case Instruction::Op::Backward:
         if (static_cast<int>(i) == last_backward_) buckets_->arm();
@@ -144,13 +149,13 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
   TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
 }
 
-void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch) {
+void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint) {
   auto& state = live_[mb];
   if (!state) state = std::make_unique<Microbatch>();
   state->received.resize(stages_[stage_].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng,
-                                                !options_.recompute);
+  const bool keep_graph = !checkpoint && !options_.recompute;
+  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng, keep_graph);
   if (auto loss = execution_->loss(state->activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
 }
@@ -167,21 +172,29 @@ void PipelineExecutor::backward(int mb) {
   if (recv_from_.empty()) live_.erase(it);
 }
 
-void PipelineExecutor::communicate(const Instruction& ins) {
+PipelineExecutor::Microbatch& PipelineExecutor::state_of(int mb) {
+  auto& s = live_[mb];
+  if (!s) s = std::make_unique<Microbatch>();
+  return *s;
+}
+
+void PipelineExecutor::communicate(const Instruction& ins) { finish_transfers(post_transfers(ins.transfers)); }
+
+void PipelineExecutor::recompute(const Instruction& ins) {
+  auto posted = post_transfers(ins.transfers);
+  auto it = live_.find(ins.microbatch);
+  TORCH_INTERNAL_ASSERT(it != live_.end(), "recompute of microbatch ", ins.microbatch, " that was not forwarded");
+  execution_->recompute(it->second->activations);  // only what its forward dropped
+  finish_transfers(std::move(posted));
+}
+
+PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::vector<Transfer>& transfers) {
   Communicator& pp = *groups_.pp;
   std::vector<RecvRequest> requests;
-  struct Target {
-    int mb;
-    bool grad;
-    int position;  // input index (activation) or output index (gradient)
-  };
-  std::vector<Target> targets;
-  auto state_of = [&](int mb) -> Microbatch& {
-    auto& s = live_[mb];
-    if (!s) s = std::make_unique<Microbatch>();
-    return *s;
-  };
-  for (const Transfer& t : ins.transfers) {
+  PostedTransfers posted;
+  auto& targets = posted.targets;
+  for (const Transfer& t : transfers) {
+    posted.sends_gradient.push_back(t.kind == Transfer::Kind::SendGrad ? t.microbatch : -1);
     const int mb = t.microbatch;
     switch (t.kind) {
       case Transfer::Kind::SendAct:
@@ -222,7 +235,13 @@ void PipelineExecutor::communicate(const Instruction& ins) {
         break;
     }
   }
-  auto received = pp.receive(requests);
+  posted.receives = pp.post_receives(std::move(requests));
+  return posted;
+}
+
+void PipelineExecutor::finish_transfers(PostedTransfers posted) {
+  const auto& targets = posted.targets;
+  auto received = groups_.pp->finish_receives(std::move(posted.receives));
   for (size_t r = 0; r < received.size(); ++r) {
     Microbatch& s = state_of(targets[r].mb);
     if (!targets[r].grad) {
@@ -234,8 +253,8 @@ void PipelineExecutor::communicate(const Instruction& ins) {
     }
   }
   // A gradient sent is not needed again; drop the microbatch once both ways are done.
-  for (const Transfer& t : ins.transfers)
-    if (t.kind == Transfer::Kind::SendGrad) live_.erase(t.microbatch);
+  for (int mb : posted.sends_gradient)
+    if (mb >= 0) live_.erase(mb);
 }
 
 void PipelineExecutor::reduce_grads() {

@@ -88,13 +88,19 @@ void TrainConfig::check() const {
               ", but tensor parallelism is not implemented yet: use tp = 1");
   TORCH_CHECK(global_batch >= 0, "config.global_batch must be positive (or 0: the sample's batch size)");
   TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
-  const auto schedules = schedule_names();
-  if (std::find(schedules.begin(), schedules.end(), schedule) == schedules.end()) {
-    std::string known;
-    for (const auto& n : schedules) known += (known.empty() ? "\"" : ", \"") + n + "\"";
-    TORCH_CHECK(false, "config.schedule '", schedule, "' is unknown; known schedules: ", known);
-  }
+  const ScheduleSpec& spec = find_schedule(schedule, "config.schedule");
   find_recompute_policy(recompute.policy, "config.recompute.policy");
+  TORCH_CHECK(!spec.needs_recompute || recompute.policy != "none", "config.schedule '", schedule,
+              "' hides recomputation in the time stages wait for each other, but config.recompute.policy is "
+              "\"none\": there is nothing to hide and it would only add work; set a recompute policy or use "
+              "\"1f1b\"");
+  // The schedule's own preconditions (stages, microbatches), before any work.
+  try {
+    pipeline_schedule(schedule, parallel.pp, microbatches);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config.schedule with config.parallel.pp = ", parallel.pp, " and config.microbatches = ",
+                microbatches, ": ", e.what_without_backtrace());
+  }
   TORCH_CHECK(optimizer.name == "adamw" || optimizer.name == "sgd", "config.optimizer.name '", optimizer.name,
               "' is unknown; use \"adamw\" or \"sgd\"");
   TORCH_CHECK(optimizer.lr > 0, "config.optimizer.lr must be positive, got ", optimizer.lr);

@@ -313,7 +313,8 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
-  eo.recompute = recomputes_whole_stage(config.recompute.policy);
+  const bool last_stage_keeps = find_schedule(plan->pipeline.schedule).last_stage_keeps_everything;
+  eo.recompute = recomputes_whole_stage(config.recompute.policy) && !(last_stage_keeps && stage == config.parallel.pp - 1);
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);

@@ -53,21 +53,49 @@ std::vector<PeerOp> expand(const Transfer& t, int stage, const StageTopology& to
   return out;
 }
 
+// What a stage holds of one microbatch between its forward and backward.
+enum class Held { Nothing, Checkpoint, Kept, Full };
+
+double bytes_of(Held h, const ActivationCosts& c) {
+  switch (h) {
+    case Held::Nothing: return 0;
+    case Held::Checkpoint: return c.checkpoint;
+    case Held::Kept: return c.kept;
+    case Held::Full: return c.full;
+  }
+  return 0;
+}
+
 struct StageState {
   size_t pc = 0;
-  std::vector<PeerOp> posted;  // the current Communicate's transfers
+  std::vector<PeerOp> posted;  // the current Communicate's (or Recompute's) transfers
   bool posted_valid = false;
-  std::vector<int> forwarded, backwarded;       // per microbatch: times done
-  std::vector<int> acts_received, grads_received;  // per microbatch: peers heard from
+  std::vector<int> forwarded, backwarded, recomputed;  // per microbatch: times done
+  std::vector<int> acts_received, grads_received;      // per microbatch: peers heard from
+  std::vector<Held> held;                              // per microbatch
   int in_flight = 0, peak = 0;
+  double held_bytes = 0, peak_bytes = 0;
   bool reduced = false, stepped = false;
+
+  // Microbatch `mb` goes from what it holds to `after`, holding everything
+  // (`full`) while the instruction runs.
+  void hold(int mb, Held after, const ActivationCosts& c) {
+    held_bytes -= bytes_of(held[mb], c);
+    peak_bytes = std::max(peak_bytes, held_bytes + (after == Held::Checkpoint ? c.checkpoint : c.full));
+    held[mb] = after;
+    held_bytes += bytes_of(after, c);
+  }
 };
 
 }  // namespace
 
 ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
-                              const StageTopology& topology, SendMode mode) {
+                              const StageTopology& topology, SendMode mode,
+                              const std::vector<ActivationCosts>& costs) {
   const int p = static_cast<int>(program.size());
+  TORCH_CHECK(costs.empty() || static_cast<int>(costs.size()) == p, "activation costs for ", costs.size(),
+              " stages, the schedule has ", p);
+  const std::vector<ActivationCosts> cost = costs.empty() ? std::vector<ActivationCosts>(p) : costs;
   TORCH_CHECK(p == topology.stages(), "the schedule has ", p, " stages, the topology ", topology.stages());
   TORCH_CHECK(microbatches >= 1, "need at least one microbatch");
   for (int s = 0; s < p; ++s)
@@ -106,6 +134,8 @@ ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& progr
   for (auto& x : st) {
     x.forwarded.assign(microbatches, 0);
     x.backwarded.assign(microbatches, 0);
+    x.recomputed.assign(microbatches, 0);
+    x.held.assign(microbatches, Held::Nothing);
     x.acts_received.assign(microbatches, 0);
     x.grads_received.assign(microbatches, 0);
   }
@@ -127,14 +157,43 @@ ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& progr
       const int mb = ins.microbatch;
       const int n_producers = static_cast<int>(topology.producers(s).size());
       const int n_consumers = static_cast<int>(topology.consumers[s].size());
+      // Posts a batch's transfers; the stage waits for them in phase 3.
+      auto post = [&]() {
+        for (const Transfer& t : ins.transfers) {
+          if (t.kind == Kind::SendAct)
+            TORCH_CHECK(x.forwarded[t.microbatch], where(s), ": sends microbatch ", t.microbatch,
+                        "'s activations before forwarding it");
+          if (t.kind == Kind::SendGrad)
+            TORCH_CHECK(x.backwarded[t.microbatch], where(s), ": sends microbatch ", t.microbatch,
+                        "'s gradients before its backward");
+          for (PeerOp& o : expand(t, s, topology)) x.posted.push_back(o);
+        }
+        x.posted_valid = true;
+        progress = true;
+      };
       switch (ins.op) {
         case Instruction::Op::Forward:
+        case Instruction::Op::ForwardCheckpoint:
           TORCH_CHECK(mb >= 0 && mb < microbatches, where(s), ": no such microbatch");
           TORCH_CHECK(x.forwarded[mb] == 0, where(s), ": microbatch ", mb, " is forwarded twice");
           TORCH_CHECK(x.acts_received[mb] == n_producers, where(s), ": forwards microbatch ", mb,
                       " before receiving its activations");
           x.forwarded[mb] = 1;
           x.peak = std::max(x.peak, ++x.in_flight);
+          x.hold(mb, ins.op == Instruction::Op::Forward ? Held::Kept : Held::Checkpoint, cost[s]);
+          break;
+        case Instruction::Op::Recompute:
+          if (x.posted_valid) continue;  // recomputed; still waiting for its transfers
+          TORCH_CHECK(mb >= 0 && mb < microbatches, where(s), ": no such microbatch");
+          TORCH_CHECK(x.forwarded[mb] == 1 && x.backwarded[mb] == 0, where(s), ": recomputes microbatch ", mb,
+                      " outside its forward and backward");
+          TORCH_CHECK(x.recomputed[mb] == 0, where(s), ": microbatch ", mb, " is recomputed twice");
+          x.recomputed[mb] = 1;
+          x.hold(mb, Held::Full, cost[s]);
+          if (!ins.transfers.empty()) {
+            post();
+            continue;
+          }
           break;
         case Instruction::Op::Backward:
           TORCH_CHECK(mb >= 0 && mb < microbatches, where(s), ": no such microbatch");
@@ -144,6 +203,7 @@ ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& progr
                       " before receiving its gradients");
           x.backwarded[mb] = 1;
           --x.in_flight;
+          x.hold(mb, Held::Nothing, cost[s]);
           break;
         case Instruction::Op::ReduceGrads:
           for (int k = 0; k < microbatches; ++k)
@@ -157,18 +217,7 @@ ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& progr
           x.stepped = true;
           break;
         case Instruction::Op::Communicate:
-          if (x.posted_valid) continue;  // still waiting
-          for (const Transfer& t : ins.transfers) {
-            if (t.kind == Kind::SendAct)
-              TORCH_CHECK(x.forwarded[t.microbatch], where(s), ": sends microbatch ", t.microbatch,
-                          "'s activations before forwarding it");
-            if (t.kind == Kind::SendGrad)
-              TORCH_CHECK(x.backwarded[t.microbatch], where(s), ": sends microbatch ", t.microbatch,
-                          "'s gradients before its backward");
-            for (PeerOp& o : expand(t, s, topology)) x.posted.push_back(o);
-          }
-          x.posted_valid = true;
-          progress = true;
+          if (!x.posted_valid) post();  // else still waiting
           continue;
       }
       ++x.pc;
@@ -239,6 +288,7 @@ ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& progr
                   st[s].forwarded[mb] ? "backwards" : "forwards", " microbatch ", mb);
     TORCH_CHECK(st[s].stepped, "stage ", s, " never runs the optimizer step");
     report.peak_in_flight.push_back(st[s].peak);
+    report.peak_activations.push_back(st[s].peak_bytes);
   }
   return report;
 }

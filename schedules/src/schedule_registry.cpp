@@ -17,6 +17,17 @@ const std::vector<ScheduleSpec>& registered_schedules() {
                "min(p - s, m) microbatches",
        one_f_one_b_schedule},
       {"gpipe", "every forward, then every backward; every stage holds all m microbatches", gpipe_schedule},
+      {"pre_recompute_1f1b",
+       "1F1B whose drain microbatches keep only their inputs and are recomputed while their gradients travel (Merak)",
+       pre_recompute_schedule, true},
+      {"last_no_recompute_1f1b",
+       "pre_recompute_1f1b, and the last stage keeps everything while stage p-2 recomputes microbatch 0 as its "
+       "gradient travels (Merak)",
+       last_no_recompute_schedule, true, true},
+      {"shifted_critical_path",
+       "Merak's shifted critical path: stage p-2 hoists its third forward and recomputes 0 and 1 while their "
+       "gradients travel, the last stage keeps everything; p >= 3",
+       shifted_critical_path_schedule, true, true},
   };
   return registry;
 }
@@ -27,12 +38,12 @@ std::vector<std::string> schedule_names() {
   return names;
 }
 
-const ScheduleSpec& find_schedule(const std::string& name) {
+const ScheduleSpec& find_schedule(const std::string& name, const std::string& where) {
   for (const auto& s : registered_schedules())
     if (s.name == name) return s;
   std::string known;
   for (const auto& n : schedule_names()) known += (known.empty() ? "\"" : ", \"") + n + "\"";
-  TORCH_CHECK(false, "schedule '", name, "' is unknown; known schedules: ", known);
+  TORCH_CHECK(false, where, " '", name, "' is unknown; known schedules: ", known);
 }
 
 std::vector<Instruction> stage_schedule(const std::string& name, int stages, int microbatches, int stage) {

@@ -4,7 +4,13 @@
 // process with plain LibTorch on the whole global batch. Every step's loss
 // and, after the last step, every parameter this rank holds must agree within
 // the tolerance. Exits 1 on any rank that disagrees (mpirun then fails).
+// With dropout, plain LibTorch draws other masks, so the single-process
+// reference is then trine's own graph run as one stage on one process
+// (SequentialStagedModel), microbatch by microbatch with the same global
+// microbatch numbers and per-op random seeds, keeping every activation.
 #include "../support/reference.h"
+#include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/trace.h"
 #include "trine/runtime/trainer.h"
 
 #include <CLI/CLI.hpp>
@@ -32,10 +38,11 @@ struct Args {
   int die_rank = -1, die_step = -1;  // failure tests: this rank is killed during this step
   std::string device = "cpu";       // cuda: trine's ranks run on the GPU (scripts/gpu-check.sh)
   std::string recompute = "none";   // config.recompute.policy of trine's run (the reference keeps everything)
+  double dropout = 0;               // > 0: the reference is trine's graph on one process (see above)
 };
 
 ModelSpec spec_of(const Args& a) {
-  ModelSpec s = testing::small_gpt_spec(a.model == "gpt_tied");
+  ModelSpec s = testing::small_gpt_spec(a.model == "gpt_tied", a.dropout);
   if (a.model == "skip") {
     s.name = "skip";
     s.layers = 6;
@@ -95,6 +102,62 @@ std::vector<double> reference_run(ExampleModel& ref, const TrainConfig& c) {
   return losses;
 }
 
+SampleBatch rows_of(const SampleBatch& b, int64_t first, int64_t count) {
+  SampleBatch out;
+  for (const auto& t : b.inputs) out.inputs.push_back(t.narrow(0, first, count));
+  for (const auto& t : b.targets) out.targets.push_back(t.narrow(0, first, count));
+  return out;
+}
+
+// One process, the whole graph as one stage: each global microbatch g of
+// every step forwarded with the per-op seeds (config.seed, g) that trine's
+// ranks use, gradients summed and divided by the microbatch count, then the
+// same optimizer, clipping and learning-rate schedule as reference_run.
+// Returns the losses; `parameters` gets the final parameters by name.
+std::vector<double> dropout_reference_run(const Args& a, const TrainConfig& c,
+                                          std::map<std::string, torch::Tensor>& parameters) {
+  ExampleModel model = make_example_model(spec_of(a));
+  const int64_t microbatches = static_cast<int64_t>(c.parallel.dp) * c.microbatches;
+  const int64_t rows = a.global_batch / microbatches;
+  const TracedModel traced = trace(model.module, model.loss, rows_of(model.batch(0), 0, rows));
+  ProxyGraph proxy = build_proxy_graph(traced);
+  const std::vector<int> one_stage(proxy.layers.size(), 0);
+  SequentialStagedModel graph(traced, std::move(proxy), one_stage);
+  const auto params = graph.parameters();
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  if (c.optimizer.name == "adamw")
+    opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.optimizer.lr)
+                                                            .weight_decay(c.optimizer.weight_decay));
+  else
+    opt = std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(c.optimizer.lr).momentum(c.optimizer.momentum).weight_decay(c.optimizer.weight_decay));
+  std::vector<double> losses;
+  for (int64_t step = 0; step < c.steps; ++step) {
+    graph.zero_grad();
+    const SampleBatch batch = model.batch(step);
+    double loss = 0;
+    for (int64_t g = 0; g < microbatches; ++g) {
+      const RngPolicy rng{RngPolicy::Mode::PerOp, c.seed, step * microbatches + g};
+      loss += graph.forward_backward(rows_of(batch, g * rows, rows), rng).item<double>() / microbatches;
+    }
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : params)
+        if (p.grad().defined()) p.grad().div_(static_cast<double>(microbatches));
+    }
+    losses.push_back(loss);
+    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
+    const double lr = learning_rate(c.optimizer, c.lr_schedule, step, c.steps);
+    for (auto& group : opt->param_groups()) {
+      if (c.optimizer.name == "adamw") static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      else static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+    }
+    opt->step();
+  }
+  for (const auto& p : model.ptr->named_parameters()) parameters[p.key()] = graph.parameter(p.key()).detach().clone();
+  return losses;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,6 +175,7 @@ int main(int argc, char** argv) {
   app.add_option("--param-tolerance", a.param_tolerance);
   app.add_option("--device", a.device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--recompute", a.recompute);
+  app.add_option("--dropout", a.dropout);
   app.add_option("--die-rank", a.die_rank);
   app.add_option("--die-step", a.die_step);
   CLI11_PARSE(app, argc, argv);
@@ -122,8 +186,15 @@ int main(int argc, char** argv) {
       const TrainConfig config = config_of(a, m);
       ExampleModel model = make_example_model(spec_of(a));
       Trainer trainer(model.module, model.loss, model.batch(0), config);
-      ExampleModel ref = make_example_model(spec_of(a));
-      const std::vector<double> expected = reference_run(ref, config);
+      std::map<std::string, torch::Tensor> expected_params;
+      std::vector<double> expected;
+      if (a.dropout > 0) {
+        expected = dropout_reference_run(a, config, expected_params);
+      } else {
+        ExampleModel ref = make_example_model(spec_of(a));
+        expected = reference_run(ref, config);
+        for (const auto& p : ref.ptr->named_parameters()) expected_params[p.key()] = p.value().detach();
+      }
       double worst_loss = 0, worst_param = 0;
       for (int step = 0; step < a.steps; ++step) {
         if (trainer.rank() == a.die_rank && step == a.die_step) {
@@ -142,20 +213,20 @@ int main(int argc, char** argv) {
           ++failures;
         }
       }
-      for (const auto& p : ref.ptr->named_parameters()) {
-        const torch::Tensor mine = trainer.parameter(p.key());
+      for (const auto& [name, value] : expected_params) {
+        const torch::Tensor mine = trainer.parameter(name);
         if (!mine.defined()) continue;
-        const double rel = testing::rel_diff(mine.cpu(), p.value().detach());
+        const double rel = testing::rel_diff(mine.cpu(), value);
         worst_param = std::max(worst_param, rel);
         if (rel > a.param_tolerance) {
           std::fprintf(stderr, "rank %d m=%d: parameter %s differs after %d steps (rel %.2e)\n", trainer.rank(), m,
-                       p.key().c_str(), a.steps, rel);
+                       name.c_str(), a.steps, rel);
           ++failures;
         }
       }
-      std::printf("rank %d (stage %d, replica %d) %s dp=%d pp=%d %s m=%d: %d steps, worst loss rel %.2e, worst "
+      std::printf("rank %d (stage %d, replica %d) %s dp=%d pp=%d %s recompute %s dropout %g m=%d: %d steps, worst loss rel %.2e, worst "
                   "parameter rel %.2e, first loss %.6f last %.6f\n",
-                  trainer.rank(), trainer.stage(), trainer.replica(), a.model.c_str(), a.dp, a.pp, a.schedule.c_str(), m,
+                  trainer.rank(), trainer.stage(), trainer.replica(), a.model.c_str(), a.dp, a.pp, a.schedule.c_str(), a.recompute.c_str(), a.dropout, m,
                   a.steps, worst_loss, worst_param, expected.front(), expected.back());
     }
   } catch (const c10::Error& e) {

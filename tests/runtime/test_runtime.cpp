@@ -110,6 +110,38 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_NE(bad([](TrainConfig& c) { c.recompute.policy = "al"; })
                 .find("config.recompute.policy is \"al\", not a recomputation policy; known: \"none\", \"full\""),
             std::string::npos);
+  // Schedules that hide recomputation need some; their own preconditions are
+  // checked here too, before any work, naming the keys to change.
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.pp = 4;
+              c.microbatches = 8;
+              c.schedule = "shifted_critical_path";
+            }).find("config.schedule 'shifted_critical_path' hides recomputation in the time stages wait for each "
+                    "other, but config.recompute.policy is \"none\""),
+            std::string::npos);
+  const auto two_stages = bad([](TrainConfig& c) {
+    c.parallel.pp = 2;
+    c.microbatches = 8;
+    c.schedule = "shifted_critical_path";
+    c.recompute.policy = "full";
+  });
+  EXPECT_NE(two_stages.find("config.schedule with config.parallel.pp = 2 and config.microbatches = 8: schedule "
+                            "'shifted_critical_path' needs at least 3 pipeline stages"),
+            std::string::npos)
+      << two_stages;
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.pp = 4;
+              c.microbatches = 2;
+              c.schedule = "pre_recompute_1f1b";
+              c.recompute.policy = "full";
+            }).find("raise \"microbatches\""),
+            std::string::npos);
+  TrainConfig fine;
+  fine.parallel.pp = 4;
+  fine.microbatches = 4;
+  fine.schedule = "last_no_recompute_1f1b";
+  fine.recompute.policy = "full";
+  EXPECT_NO_THROW(fine.check());
 }
 
 TEST(TrainConfig, WarmupThenCosine) {

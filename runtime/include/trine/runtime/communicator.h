@@ -38,6 +38,14 @@ struct RecvRequest {
   c10::ScalarType dtype = c10::ScalarType::Undefined;
 };
 
+// Receives posted and not yet waited for: what post_receives returns and
+// finish_receives completes.
+struct PendingReceives {
+  std::vector<RecvRequest> requests;
+  std::vector<std::vector<torch::Tensor>> headers, data;
+  std::vector<c10::intrusive_ptr<c10d::Work>> header_works, data_works;
+};
+
 class Communicator {
  public:
   // A group of one process: collectives return their input, no network.
@@ -64,9 +72,13 @@ class Communicator {
 
   void post_send(const torch::Tensor& t, int peer, uint32_t tag, const std::string& what);
   std::vector<torch::Tensor> receive(const std::vector<RecvRequest>& requests);
+  // The same in two halves, so that work can run while the data travels.
+  PendingReceives post_receives(std::vector<RecvRequest> requests);
+  std::vector<torch::Tensor> finish_receives(PendingReceives pending);
   void wait_sends();
 
  private:
+  void post_data(PendingReceives& r, size_t i, const std::vector<int64_t>& shape, c10::ScalarType dtype);
   struct PendingSend {
     c10::intrusive_ptr<c10d::Work> work;
     torch::Tensor keep;  // the buffer must outlive the send

@@ -40,6 +40,7 @@ struct ExecutorGroups {
 // how long it waited on its peers (Communicate) and on gradient sync.
 struct StepTimings {
   double forward_s = 0, backward_s = 0, communicate_s = 0, reduce_s = 0, optimizer_s = 0;
+  double recompute_s = 0;  // R instructions, including the wait for the transfers they overlap
 };
 
 struct ExecutorOptions {
@@ -88,9 +89,26 @@ class PipelineExecutor {
 
  private:
   struct Microbatch;
-  void forward(int mb, const SampleBatch& batch, int64_t first_microbatch);
+  // Receives posted and sends started; where each received tensor goes.
+  struct PostedTransfers {
+    struct Target {
+      int mb;
+      bool grad;
+      int position;  // input index (activation) or output index (gradient)
+    };
+    std::vector<Target> targets;
+    PendingReceives receives;
+    std::vector<int> sends_gradient;  // per transfer: the microbatch whose gradient it sends, else -1
+  };
+  Microbatch& state_of(int mb);
+  // F (`checkpoint` false) or F* (keep only the stage's inputs).
+  void forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint);
   void backward(int mb);
   void communicate(const Instruction& ins);
+  // R: its transfers posted, the microbatch recomputed, then the transfers finished.
+  void recompute(const Instruction& ins);
+  PostedTransfers post_transfers(const std::vector<Transfer>& transfers);
+  void finish_transfers(PostedTransfers posted);
   void reduce_grads();
 
   std::vector<StageProgram> stages_;

@@ -20,25 +20,42 @@ struct Transfer {
 
 struct Instruction {
   enum class Op {
-    Forward,        // run the stage on `microbatch`, keep what its backward needs
-    Backward,       // backward of `microbatch`, accumulating parameter gradients
-    Communicate,    // post every transfer in `transfers` at once, then wait for all
-    ReduceGrads,    // finish gradient sync: data-parallel buckets, tied parameters
-    OptimizerStep,  // clip by the global norm, step, zero gradients
+    Forward,            // F: run the stage on `microbatch`, keep what the stage's
+                        //    recompute policy keeps for its backward
+    ForwardCheckpoint,  // F*: run it keeping only the stage's inputs and the random
+                        //    state; an R or the backward recomputes the rest
+    Recompute,          // R: post `transfers`, re-run the forward with grad from what
+                        //    it kept (only what it dropped), then wait for the transfers
+    Backward,           // backward of `microbatch` (recomputing in-line whatever is
+                        //    still dropped), accumulating parameter gradients
+    Communicate,        // post every transfer in `transfers` at once, then wait for all
+    ReduceGrads,        // finish gradient sync: data-parallel buckets, tied parameters
+    OptimizerStep,      // clip by the global norm, step, zero gradients
   };
   Op op = Op::Forward;
-  int microbatch = -1;              // Forward, Backward
-  std::vector<Transfer> transfers;  // Communicate: one batch, so ordering between
-                                    // the transfers of a batch cannot deadlock
+  int microbatch = -1;              // Forward, ForwardCheckpoint, Recompute, Backward
+  std::vector<Transfer> transfers;  // Communicate, Recompute: one batch, so ordering
+                                    // between the transfers of a batch cannot deadlock
 
   static Instruction forward(int mb) { return {Op::Forward, mb, {}}; }
+  static Instruction forward_checkpoint(int mb) { return {Op::ForwardCheckpoint, mb, {}}; }
+  // The recompute runs while `overlapped` (typically the gradient it waits
+  // for) is in flight: "R5+rG5" in Merak's notation.
+  static Instruction recompute(int mb, std::vector<Transfer> overlapped = {}) {
+    return {Op::Recompute, mb, std::move(overlapped)};
+  }
   static Instruction backward(int mb) { return {Op::Backward, mb, {}}; }
   static Instruction communicate(std::vector<Transfer> t) { return {Op::Communicate, -1, std::move(t)}; }
   static Instruction reduce_grads() { return {Op::ReduceGrads, -1, {}}; }
   static Instruction optimizer_step() { return {Op::OptimizerStep, -1, {}}; }
 };
 
-// "F3", "B0", "[sA2 rG0]", "reduce", "step".
+// Both forwards: F and F*.
+inline bool is_forward(Instruction::Op op) {
+  return op == Instruction::Op::Forward || op == Instruction::Op::ForwardCheckpoint;
+}
+
+// "F3", "F*3", "R3+[rG3]", "B0", "[sA2 rG0]", "reduce", "step".
 std::string to_string(const Transfer& t);
 std::string to_string(const Instruction& i);
 std::string to_string(const std::vector<Instruction>& program);

@@ -2,13 +2,19 @@
 // with blocking point-to-point semantics (by default): a transfer completes
 // only when its peer has posted the matching one, and a Communicate batch
 // completes when all of its transfers have. Checked:
-//   - every microbatch is forwarded once and backwarded once per stage, a
-//     backward after its forward, ReduceGrads after the last backward and the
+//   - every microbatch is forwarded once (F or F*) and backwarded once per
+//     stage, a backward after its forward, a recompute (R) between the two
+//     and at most once, ReduceGrads after the last backward and the
 //     optimizer step last;
 //   - every send has exactly one matching receive (same kind, microbatch and
 //     pair of stages), and data dependencies hold: a stage forwards only what
 //     it has received, sends only what it has computed;
 //   - the play finishes: no set of stages waits on each other (deadlock).
+// A Recompute posts its transfers, recomputes, then waits for them.
+// Activation memory is counted per stage in the units of ActivationCosts:
+// while a microbatch is forwarded or recomputed it holds `full`, after F it
+// keeps `kept`, after F* `checkpoint`; a backward of a microbatch that is not
+// fully kept holds `full` while it recomputes.
 // Violations throw with the stage, the instruction and what it waits for.
 #pragma once
 #include "trine/schedules/instruction.h"
@@ -34,12 +40,23 @@ struct StageTopology {
 // transfers (stage i straight to i+2 or later) need buffered sends under 1F1B.
 enum class SendMode { Blocking, Buffered };
 
+// One stage's activation bytes per microbatch.
+struct ActivationCosts {
+  double full = 1;        // every tensor the backward needs (forward with grad, or recomputed)
+  double kept = 1;        // what a plain forward F keeps under the stage's recompute policy
+  double checkpoint = 0;  // what F* keeps: the stage's inputs
+};
+
 struct ScheduleReport {
   std::vector<int> peak_in_flight;  // per stage: most microbatches forwarded and not yet backwarded
+  std::vector<double> peak_activations;  // per stage: most activation memory held at once (ActivationCosts units)
   int rounds = 0;                   // parallel rounds of the blocking play (a rough makespan)
 };
 
+// `costs`: one per stage, or empty for unit costs (peak_activations then
+// counts the microbatches held fully at once).
 ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
-                              const StageTopology& topology, SendMode mode = SendMode::Blocking);
+                              const StageTopology& topology, SendMode mode = SendMode::Blocking,
+                              const std::vector<ActivationCosts>& costs = {});
 
 }  // namespace trine

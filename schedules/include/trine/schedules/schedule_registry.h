@@ -19,12 +19,20 @@ struct ScheduleSpec {
   std::string name;     // as configs and plans spell it: "1f1b"
   std::string summary;  // one line, for help texts and docs
   ScheduleGenerator generate = nullptr;
+  // The schedule moves recomputation into idle time (F*, R): without a
+  // recompute policy there is nothing to move and it only adds work.
+  bool needs_recompute = false;
+  // The last stage keeps its forwards whole whatever the recompute policy:
+  // its backward follows its forward at once, so recomputing there only
+  // lengthens the critical path.
+  bool last_stage_keeps_everything = false;
 };
 
 // Every registered schedule, the default first.
 const std::vector<ScheduleSpec>& registered_schedules();
-// Throws naming the known schedules when `name` is not one of them.
-const ScheduleSpec& find_schedule(const std::string& name);
+// Throws naming the known schedules when `name` is not one of them; `where`
+// names where it came from ("config.schedule").
+const ScheduleSpec& find_schedule(const std::string& name, const std::string& where = "schedule");
 std::vector<std::string> schedule_names();
 
 std::vector<Instruction> stage_schedule(const std::string& name, int stages, int microbatches, int stage);
