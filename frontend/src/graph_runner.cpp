@@ -1,5 +1,8 @@
 #include "trine/frontend/graph_runner.h"
 
+#include "graph_runner_step.h"
+#include "trine/frontend/segment_checkpoint.h"
+
 #include <ATen/core/ivalue.h>
 #include <ATen/Context.h>
 
@@ -10,19 +13,6 @@
 namespace trine {
 
 namespace jit = torch::jit;
-
-enum class StepKind { Op, ListConstruct, ListUnpack, TupleConstruct, TupleUnpack };
-
-struct GraphRunner::Step {
-  StepKind kind = StepKind::Op;
-  mutable jit::Operation op{nullptr};  // operator() is non-const in LibTorch
-  std::vector<int> in, out, free_after;
-  c10::TypePtr list_elem;        // ListConstruct
-  bool random = false;
-  int64_t rng_id = 0;
-  c10::Device device = c10::kCPU;  // whose generator a random op draws from
-  std::string what;              // for error messages
-};
 
 namespace {
 
@@ -52,7 +42,7 @@ std::string shape_str(c10::IntArrayRef s) {
 }  // namespace
 
 GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t> op_ids)
-    : graph_(std::move(graph)) {
+    : graph_(std::move(graph)), op_ids_(std::move(op_ids)) {
   std::unordered_map<const jit::Value*, int> slot;
   auto new_slot = [&](const jit::Value* v) {
     slot[v] = static_cast<int>(num_slots_++);
@@ -68,7 +58,7 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
   std::vector<std::pair<int, c10::IValue>> consts;
   int64_t position = 0;
   for (jit::Node* node : graph_->nodes()) {
-    const int64_t id = op_ids.empty() ? position : op_ids.at(position);
+    const int64_t id = op_id(static_cast<size_t>(position));
     ++position;
     if (node->kind() == jit::prim::Constant) {
       auto value = jit::toIValue(node->output());
@@ -77,6 +67,7 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
       continue;
     }
     Step step;
+    step.position = static_cast<size_t>(position - 1);
     step.what = node->kind().toQualString();
     for (const jit::Value* v : node->inputs()) {
       auto it = slot.find(v);
@@ -96,6 +87,10 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
         TORCH_CHECK(node->maybeOperator() != nullptr, "trine cannot run graph node ", step.what,
                     ": no LibTorch operator matches its schema");
         step.op = node->getOperation();
+        if (const c10::FunctionSchema* schema = node->maybeSchema())
+          for (size_t a = 0; a < schema->arguments().size() && a < step.in.size(); ++a)
+            if (const auto* alias = schema->arguments()[a].alias_info(); alias && alias->isWrite())
+              step.written.push_back(step.in[a]);
         step.random = node->isNondeterministic();
         step.rng_id = id;
         if (step.random) step.device = random_op_device(node);
@@ -103,6 +98,9 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
     steps->push_back(std::move(step));
   }
   for (const jit::Value* v : graph_->outputs()) output_slots_.push_back(slot.at(v));
+  num_nodes_ = static_cast<size_t>(position);
+  is_constant_.assign(num_slots_, false);
+  for (auto& c : consts) is_constant_[c.first] = true;
 
   // Free every computed value after its last use (outputs are never freed), so a
   // run holds no more than eager execution would.
@@ -119,23 +117,10 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
   steps_ = std::move(steps);
 }
 
-std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const RngPolicy& rng) const {
-  TORCH_CHECK(graph_, "GraphRunner: no graph");
-  TORCH_CHECK(inputs.size() == input_slots_.size(), "graph expects ", input_slots_.size(),
-              " inputs, got ", inputs.size());
-  std::vector<c10::IValue> slots = constants_;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (const auto& want = input_shapes_[i]) {
-      TORCH_CHECK(inputs[i].isTensor(), "input '", input_names_[i], "' must be a tensor");
-      const auto got = inputs[i].toTensor().sizes();
-      TORCH_CHECK(got.vec() == *want, "input '", input_names_[i], "' has shape ", shape_str(got),
-                  " but the model was traced with ", shape_str(*want),
-                  ": shapes are fixed when tracing, so trace again with a sample of the new shape");
-    }
-    slots[input_slots_[i]] = std::move(inputs[i]);
-  }
+void GraphRunner::run_steps(std::vector<c10::IValue>& slots, size_t begin, size_t end, const RngPolicy& rng) const {
   jit::Stack stack;
-  for (const Step& step : *steps_) {
+  for (size_t i = begin; i < end; ++i) {
+    const Step& step = (*steps_)[i];
     stack.clear();
     for (int s : step.in) stack.push_back(slots[s]);
     switch (step.kind) {
@@ -180,6 +165,37 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
                           " values, expected ", step.out.size());
     for (size_t i = 0; i < step.out.size(); ++i) slots[step.out[i]] = std::move(stack[i]);
     for (int s : step.free_after) slots[s] = c10::IValue();
+  }
+}
+
+std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const RngPolicy& rng,
+                                          const CheckpointPlan* checkpoints,
+                                          std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const {
+  TORCH_CHECK(graph_, "GraphRunner: no graph");
+  TORCH_CHECK(inputs.size() == input_slots_.size(), "graph expects ", input_slots_.size(),
+              " inputs, got ", inputs.size());
+  std::vector<c10::IValue> slots = constants_;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (const auto& want = input_shapes_[i]) {
+      TORCH_CHECK(inputs[i].isTensor(), "input '", input_names_[i], "' must be a tensor");
+      const auto got = inputs[i].toTensor().sizes();
+      TORCH_CHECK(got.vec() == *want, "input '", input_names_[i], "' has shape ", shape_str(got),
+                  " but the model was traced with ", shape_str(*want),
+                  ": shapes are fixed when tracing, so trace again with a sample of the new shape");
+    }
+    slots[input_slots_[i]] = std::move(inputs[i]);
+  }
+  const bool checkpointing = checkpoints && !checkpoints->segments.empty() && at::GradMode::is_enabled();
+  if (!checkpointing) {
+    run_steps(slots, 0, steps_->size(), rng);
+  } else {
+    size_t next = 0;
+    for (const SegmentPlan& segment : checkpoints->segments) {
+      run_steps(slots, next, segment.begin, rng);
+      run_segment(slots, segment, rng, segment_runs);
+      next = segment.end;
+    }
+    run_steps(slots, next, steps_->size(), rng);
   }
   std::vector<c10::IValue> outputs;
   outputs.reserve(output_slots_.size());

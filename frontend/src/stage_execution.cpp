@@ -13,6 +13,7 @@ StageExecution::StageExecution(const StageProgram& program, const TracedModel& m
   }
   for (size_t o = 0; o < program.outputs.size(); ++o)
     if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
+  for (const ProxyOp& op : proxy.ops) layer_of_op_.push_back(op.layer);
   // The trace ran with autograd on: its value types record which outputs require grad.
   for (const torch::jit::Value* out : program.graph->outputs()) {
     const auto type = out->type()->cast<c10::TensorType>();
@@ -61,7 +62,9 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   StageActivations out;
   out.inputs = std::move(received);
   if (keep_graph) {
-    auto result = me.runner.run(std::move(in), rng);
+    TORCH_CHECK(!checkpoints_random_ || rng.mode == RngPolicy::Mode::PerOp, "stage ", me.stage, ": recomputing "
+                "layers with random ops needs them drawn by RngPolicy::PerOp (the same numbers when run again)");
+    auto result = me.runner.run(std::move(in), rng, &checkpoints_, &out.segments);
     out.outputs.reserve(result.size());
     for (auto& r : result) out.outputs.push_back(r.toTensor());
     return out;
@@ -87,7 +90,40 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   return out;
 }
 
+void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segments) {
+  const StageProgram& me = *program_;
+  std::map<int, int> segment_of_layer;
+  for (size_t k = 0; k < segments.size(); ++k)
+    for (int layer : segments[k]) {
+      TORCH_CHECK(std::count(me.layers.begin(), me.layers.end(), layer), "stage ", me.stage,
+                  " cannot checkpoint layer ", layer, ": it is not one of its layers");
+      TORCH_CHECK(segment_of_layer.emplace(layer, static_cast<int>(k)).second, "layer ", layer,
+                  " is in two checkpointed segments");
+    }
+  const GraphRunner& runner = me.runner;
+  std::vector<int> segment_of_node(runner.num_nodes(), -1);
+  checkpoints_random_ = false;
+  size_t position = 0;
+  for (const torch::jit::Node* node : me.graph->nodes()) {
+    const int64_t op = runner.op_id(position);
+    if (op >= 0) {
+      auto it = segment_of_layer.find(layer_of_op_.at(op));
+      if (it != segment_of_layer.end()) {
+        segment_of_node[position] = it->second;
+        checkpoints_random_ = checkpoints_random_ || node->isNondeterministic();
+      }
+    }
+    ++position;
+  }
+  std::vector<bool> copied(me.inputs.size(), false);
+  for (size_t i = 0; i < me.inputs.size(); ++i)
+    copied[i] = me.inputs[i].kind == StageInput::Kind::Parameter && !held_.at(me.inputs[i].index).requires_grad();
+  checkpoints_ = runner.plan_checkpoints(segment_of_node, copied);
+  checkpointed_layers_ = segments;
+}
+
 void StageExecution::recompute(StageActivations& activations) const {
+  for (auto& segment : activations.segments) segment->recompute();
   if (!activations.recompute_pending) return;
   auto result = program_->runner.run(std::move(activations.graph_inputs), activations.rng);
   activations.graph_inputs.clear();

@@ -9,6 +9,8 @@
 #include <torch/torch.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include <ATen/core/ivalue.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +34,9 @@ struct RngPolicy {
   int64_t microbatch = 0;
 };
 
+struct CheckpointPlan;
+class SegmentRun;
+
 class GraphRunner {
  public:
   GraphRunner() = default;
@@ -41,18 +46,41 @@ class GraphRunner {
 
   // Inputs in graph order. Tensor inputs must have the shapes the graph was
   // traced with; a mismatch is an error naming the input and both shapes.
-  std::vector<c10::IValue> run(std::vector<c10::IValue> inputs, const RngPolicy& rng = {}) const;
+  // With `checkpoints` (segment_checkpoint.h) and grad enabled, each segment
+  // runs as one autograd node that keeps only its inputs; `segment_runs`, if
+  // given, receives one SegmentRun per segment executed.
+  std::vector<c10::IValue> run(std::vector<c10::IValue> inputs, const RngPolicy& rng = {},
+                               const CheckpointPlan* checkpoints = nullptr,
+                               std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs = nullptr) const;
+
+  // Segments from `segment_of_node` (per graph node, constants included: a
+  // segment id, or -1): consecutive nodes with the same id form one segment.
+  // `graph_input_copied[i]`: graph input i is updated in place (buffers), so
+  // a segment reading it keeps a copy. Throws naming the node when a segment
+  // would pass a list or tuple of tensors across its boundary.
+  CheckpointPlan plan_checkpoints(const std::vector<int>& segment_of_node,
+                                  const std::vector<bool>& graph_input_copied) const;
 
   const std::shared_ptr<torch::jit::Graph>& graph() const { return graph_; }
+  // The op id given for graph node `position` (constants included).
+  int64_t op_id(size_t position) const { return op_ids_.empty() ? static_cast<int64_t>(position) : op_ids_.at(position); }
+  size_t num_nodes() const { return num_nodes_; }
 
  private:
+  friend class SegmentRun;
   struct Step;
+  void run_steps(std::vector<c10::IValue>& slots, size_t begin, size_t end, const RngPolicy& rng) const;
+  void run_segment(std::vector<c10::IValue>& slots, const struct SegmentPlan& segment, const RngPolicy& rng,
+                   std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::shared_ptr<const std::vector<Step>> steps_;
   std::vector<c10::IValue> constants_;  // slot values known before running
   std::vector<int> input_slots_, output_slots_;
   std::vector<std::string> input_names_;
   std::vector<std::optional<std::vector<int64_t>>> input_shapes_;  // for sized tensors
+  std::vector<bool> is_constant_;  // per slot
+  std::vector<int64_t> op_ids_;
+  size_t num_nodes_ = 0;
   size_t num_slots_ = 0;
 };
 

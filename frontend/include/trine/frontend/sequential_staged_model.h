@@ -48,6 +48,10 @@ class SequentialStagedModel {
   // before its backward (StageExecution, keep_graph false); the rng passed
   // to forward_backward must then be RngPolicy::PerOp.
   void recompute_every_stage(bool on) { recompute_ = on; }
+  // Checkpointed segments of layers on `stage` (StageExecution::checkpoint_layers).
+  void checkpoint_layers(int stage, const std::vector<std::vector<int>>& segments) {
+    executions_.at(stage).checkpoint_layers(segments);
+  }
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
   const std::vector<StageProgram>& stages() const { return stages_; }

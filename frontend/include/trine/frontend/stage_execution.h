@@ -18,6 +18,7 @@
 #pragma once
 #include "trine/frontend/graph_runner.h"
 #include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/segment_checkpoint.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/frontend/traced_model.h"
 
@@ -41,6 +42,9 @@ struct StageActivations {
   bool recompute_pending = false;
   std::vector<c10::IValue> graph_inputs;
   RngPolicy rng;
+  // A forward with grad whose checkpointed segments kept only their inputs:
+  // one run per segment, recomputed by recompute() or by the backward.
+  std::vector<c10::intrusive_ptr<SegmentRun>> segments;
 };
 
 // Which rows of a batch one forward reads: microbatch `index` of `count`
@@ -68,9 +72,18 @@ class StageExecution {
   StageActivations forward(std::vector<torch::Tensor> received, const SampleBatch& batch, MicrobatchSlice slice,
                            const RngPolicy& rng, bool keep_graph = true) const;
 
+  // Layers whose activations a forward with grad does not keep: each inner
+  // list is one checkpointed segment (its layers' ops run as one unit, kept
+  // only as inputs and recomputed before the backward). Empty: keep all.
+  // Needs RngPolicy::PerOp when a segment has random ops.
+  void checkpoint_layers(const std::vector<std::vector<int>>& segments);
+  const std::vector<std::vector<int>>& checkpointed_layers() const { return checkpointed_layers_; }
+
   // Runs a forward that kept nothing again, with grad, from its kept inputs,
-  // so that its backward can run (the outputs are the same values). Nothing
-  // to do after a forward that kept its graph. backward() calls it itself.
+  // so that its backward can run (the outputs are the same values); after a
+  // forward with checkpointed segments, reruns those (only what was dropped).
+  // Nothing to do after a forward that kept everything. The backward
+  // recomputes whatever is still pending by itself.
   void recompute(StageActivations& activations) const;
 
   // Backward of one microbatch, consuming its activations. The loss output is
@@ -96,6 +109,10 @@ class StageExecution {
   std::optional<c10::Device> device_;
   int loss_output_ = -1;  // position of the model's output 0 among the stage outputs
   std::vector<bool> output_requires_grad_;  // per output: whether the traced graph's does
+  std::vector<int> layer_of_op_;            // ProxyGraph op id -> layer
+  std::vector<std::vector<int>> checkpointed_layers_;
+  CheckpointPlan checkpoints_;
+  bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers
 };
 
 }  // namespace trine

@@ -1,0 +1,69 @@
+// Checkpointed segments of a stage graph (docs/design.md §4a): a run of
+// consecutive graph nodes (one or more layers, or a sub-block) that a forward
+// with grad executes without grad, keeping only the values that flow into it
+// and the random policy; its backward runs it again with grad first. Random
+// ops must be drawn by RngPolicy::PerOp so that the rerun draws the same
+// numbers; inputs the segment updates in place (BatchNorm's statistics, in-place
+// ops on an input) are copied before the forward, so the rerun sees what the
+// forward saw and leaves its own updates in the copy.
+//
+// GraphRunner::run takes a CheckpointPlan and hands back one SegmentRun per
+// segment it executed; SegmentRun::recompute() reruns a segment ahead of its
+// backward (the schedule's R), otherwise the backward does it.
+#pragma once
+#include "trine/frontend/graph_runner.h"
+
+#include <ATen/core/ivalue.h>
+
+#include <string>
+#include <vector>
+
+namespace trine {
+
+struct SegmentPlan {
+  size_t begin = 0, end = 0;   // the runner's steps [begin, end)
+  std::vector<int> inputs;     // slots defined before the segment and read in it
+  std::vector<bool> copied;    // per input: updated in place in the segment (copied before the forward)
+  std::vector<int> outputs;    // slots defined in it and read after it (or graph outputs)
+  std::string what;            // for messages: "segment 2 (steps 10..24)"
+};
+
+struct CheckpointPlan {
+  std::vector<SegmentPlan> segments;  // in step order, disjoint
+};
+
+class SegmentRun : public torch::CustomClassHolder {
+ public:
+  SegmentRun(const GraphRunner& runner, const SegmentPlan& plan, const RngPolicy& rng);
+  // Runs the segment again with grad now, so that its backward needs no
+  // recompute. Idempotent until the backward consumes it.
+  void recompute();
+  bool recomputed() const { return recomputed_; }
+
+  // Used by the autograd node (segment_checkpoint.cpp).
+  std::vector<torch::Tensor> forward(const std::vector<torch::Tensor>& tensor_inputs);
+  std::vector<torch::Tensor> backward(const std::vector<torch::Tensor>& grad_outputs);
+  const std::vector<c10::IValue>& other_outputs() const { return other_outputs_; }
+  void set_other_inputs(std::vector<c10::IValue> values, std::vector<bool> is_tensor) {
+    other_inputs_ = std::move(values);
+    is_tensor_input_ = std::move(is_tensor);
+  }
+
+ private:
+  // Slots for a run of the segment: the runner's constants plus the inputs.
+  std::vector<c10::IValue> slots_with(const std::vector<torch::Tensor>& tensor_inputs) const;
+
+  const GraphRunner* runner_;
+  const SegmentPlan* plan_;
+  RngPolicy rng_;
+  std::vector<c10::IValue> other_inputs_;   // per plan input: a non-tensor value, else None
+  std::vector<bool> is_tensor_input_;       // per plan input
+  std::vector<torch::Tensor> saved_;        // per tensor input: what the rerun starts from
+  std::vector<bool> saved_requires_grad_;
+  std::vector<c10::IValue> other_outputs_;  // per plan output: a non-tensor value, else None
+  // After recompute(): the rerun's leaves (per tensor input) and tensor outputs.
+  std::vector<torch::Tensor> leaves_, outputs_;
+  bool recomputed_ = false;
+};
+
+}  // namespace trine
