@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace trine {
@@ -20,6 +21,20 @@ std::vector<double> stage_aware_ratios(int stages, double first_stage_ratio, boo
     ratios[i] = r > 0 ? r : 0.0;
   }
   if (shifted_critical_path) ratios[p - 2] = ratios[p - 3];
+  return ratios;
+}
+
+std::vector<double> stage_aware_ratios_for(const std::vector<int>& in_flight, double first_stage_ratio) {
+  TORCH_CHECK(!in_flight.empty(), "stage-aware recomputation needs at least one stage");
+  TORCH_CHECK(first_stage_ratio >= 0 && first_stage_ratio <= 1,
+              "the first stage's recompute ratio must be in [0, 1], got ", first_stage_ratio);
+  const int f0 = in_flight.front();
+  std::vector<double> ratios(in_flight.size(), first_stage_ratio);
+  if (f0 <= 1) return ratios;
+  for (size_t i = 0; i < in_flight.size(); ++i) {
+    const double r = in_flight[i] <= 1 ? 0.0 : 1.0 - (1.0 - first_stage_ratio) * (f0 - 1) / (in_flight[i] - 1);
+    ratios[i] = std::min(1.0, std::max(0.0, r));
+  }
   return ratios;
 }
 

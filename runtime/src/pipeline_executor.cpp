@@ -54,6 +54,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
     for (int p : s.params) first_holder.emplace(p, s.stage);
   microbatches_ = count_microbatches(program_, stage_);
   execution_ = std::make_unique<StageExecution>(me, model, proxy, options_.device);
+  execution_->checkpoint_layers(options_.checkpointed_layers);
   const auto& held = execution_->parameters();
   // Gradients become final last layer first: bucket them in reverse.
   for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
@@ -154,8 +155,7 @@ void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_m
   if (!state) state = std::make_unique<Microbatch>();
   state->received.resize(stages_[stage_].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  const bool keep_graph = !checkpoint && !options_.recompute;
-  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng, keep_graph);
+  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng, !checkpoint);
   if (auto loss = execution_->loss(state->activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
 }

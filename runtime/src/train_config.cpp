@@ -54,6 +54,9 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
   {
     auto p = r.object("recompute");
     c.recompute.policy = p.get("policy", c.recompute.policy);
+    c.recompute.every = p.get("every", c.recompute.every);
+    c.recompute.layers = p.get("layers", c.recompute.layers);
+    c.recompute.ratio = p.get("ratio", c.recompute.ratio);
     p.finish();
   }
   c.steps = r.get("steps", c.steps);
@@ -89,7 +92,7 @@ void TrainConfig::check() const {
   TORCH_CHECK(global_batch >= 0, "config.global_batch must be positive (or 0: the sample's batch size)");
   TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
   const ScheduleSpec& spec = find_schedule(schedule, "config.schedule");
-  find_recompute_policy(recompute.policy, "config.recompute.policy");
+  check_recompute_settings(recompute, "config.recompute");
   TORCH_CHECK(!spec.needs_recompute || recompute.policy != "none", "config.schedule '", schedule,
               "' hides recomputation in the time stages wait for each other, but config.recompute.policy is "
               "\"none\": there is nothing to hide and it would only add work; set a recompute policy or use "

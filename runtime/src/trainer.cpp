@@ -129,6 +129,8 @@ struct Trainer::Impl {
   ExecutorGroups make_groups(const std::vector<StageProgram>& stages, const std::string& prefix, c10::Device device,
                              std::chrono::milliseconds timeout);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
+  // Per stage, the layers it recomputes (config.recompute under this schedule).
+  std::vector<StageSegments> recompute_plan(const std::vector<StageProgram>& stages) const;
 };
 
 Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
@@ -309,12 +311,24 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
   return groups;
 }
 
+std::vector<StageSegments> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
+  const ScheduleSpec& schedule = find_schedule(plan->pipeline.schedule);
+  std::vector<std::vector<int>> layers_of_stage;
+  for (const auto& s : stages) layers_of_stage.push_back(s.layers);
+  std::vector<std::string> names;
+  for (const auto& layer : proxy.layers) names.push_back(layer.name);
+  auto segments = checkpointed_segments(config.recompute, layers_of_stage, names,
+                                        peak_in_flight(schedule.name, config.parallel.pp, plan->pipeline.microbatches));
+  // Its backward follows its forward at once: recomputing there only adds work.
+  if (schedule.last_stage_keeps_everything) segments.back().clear();
+  return segments;
+}
+
 void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups,
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
-  const bool last_stage_keeps = find_schedule(plan->pipeline.schedule).last_stage_keeps_everything;
-  eo.recompute = recomputes_whole_stage(config.recompute.policy) && !(last_stage_keeps && stage == config.parallel.pp - 1);
+  eo.checkpointed_layers = recompute_plan(stages).at(stage);
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);

@@ -1,4 +1,6 @@
-// recompute/: the stage-aware ratio rule and how a ratio picks segments.
+// recompute/: the stage-aware ratio rule, how a ratio picks segments, and
+// how each policy chooses every stage's checkpointed segments of layers.
+#include "trine/recompute/recompute_policy.h"
 #include "trine/recompute/stage_aware_ratios.h"
 
 #include <gtest/gtest.h>
@@ -68,4 +70,89 @@ TEST(SegmentsToRecompute, FloorOfSegmentsTimesRatioInForwardOrder) {
   EXPECT_EQ(segments_to_recompute(4, 1.0), 4);
   EXPECT_EQ(segments_to_recompute(0, 0.5), 0);
   EXPECT_THROW(segments_to_recompute(4, -0.1), c10::Error);
+}
+
+// The rule from in-flight counts equals Merak's formula where they agree:
+// 1F1B holds p - i on stage i; the shifted critical path holds 3 on stage p-2
+// (both measured by the schedule checker, tests/schedules).
+TEST(StageAwareRatios, FromInFlightCountsMatchTheFormulaAndTheShiftedVariant) {
+  expect_ratios(stage_aware_ratios_for({4, 3, 2, 1}, 0.8), stage_aware_ratios(4, 0.8));
+  expect_ratios(stage_aware_ratios_for({8, 7, 6, 5, 4, 3, 2, 1}, 0.9), stage_aware_ratios(8, 0.9));
+  expect_ratios(stage_aware_ratios_for({4, 3, 3, 1}, 0.8), stage_aware_ratios(4, 0.8, true));
+  expect_ratios(stage_aware_ratios_for({8, 8, 8}, 0.6), {0.6, 0.6, 0.6});  // GPipe: all hold m
+  expect_ratios(stage_aware_ratios_for({1, 1}, 0.6), {0.6, 0.6});          // one microbatch each
+  expect_ratios(stage_aware_ratios_for({2, 2, 2, 1}, 0.5), {0.5, 0.5, 0.5, 0.0});  // 1F1B, m = 2
+}
+
+namespace {
+
+std::string settings_error(const RecomputeSettings& s) {
+  try {
+    check_recompute_settings(s, "config.recompute");
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+}  // namespace
+
+// Policies become per-stage segments of layers: full in groups of `every`,
+// the named layers, stage-aware's first floor(n_i r_i) layers.
+TEST(RecomputePolicy, PoliciesChooseEachStagesSegments) {
+  const std::vector<std::vector<int>> stages = {{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}, {12, 13, 14, 15}};
+  std::vector<std::string> names;
+  for (int l = 0; l < 16; ++l) names.push_back("blocks." + std::to_string(l));
+  const std::vector<int> one_f_one_b = {4, 3, 2, 1};
+  RecomputeSettings s;
+  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b), std::vector<StageSegments>(4));
+  s.policy = "full";
+  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[1], (StageSegments{{4}, {5}, {6}, {7}}));
+  s.every = 3;
+  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[2], (StageSegments{{8, 9, 10}, {11}}));
+  s = {};
+  s.policy = "layers";
+  s.layers = {"blocks.1", "blocks.14", "blocks.3"};
+  const auto listed = checkpointed_segments(s, stages, names, one_f_one_b);
+  EXPECT_EQ(listed[0], (StageSegments{{1}, {3}}));
+  EXPECT_TRUE(listed[1].empty());
+  EXPECT_EQ(listed[3], (StageSegments{{14}}));
+  s.layers = {"blocks.99"};
+  try {
+    checkpointed_segments(s, stages, names, one_f_one_b);
+    ADD_FAILURE() << "an unknown layer was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("names 'blocks.99', which is not a layer of this model"),
+              std::string::npos);
+  }
+  s = {};
+  s.policy = "stage_aware";
+  s.ratio = 0.8;  // ratios 0.8, 0.7, 0.4, 0 of 4 layers: 3, 2, 1, 0
+  const auto aware = checkpointed_segments(s, stages, names, one_f_one_b);
+  EXPECT_EQ(aware[0], (StageSegments{{0}, {1}, {2}}));
+  EXPECT_EQ(aware[1], (StageSegments{{4}, {5}}));
+  EXPECT_EQ(aware[2], (StageSegments{{8}}));
+  EXPECT_TRUE(aware[3].empty());
+  // The shifted critical path's stage p-2 holds 3: it recomputes as stage p-3.
+  EXPECT_EQ(checkpointed_segments(s, stages, names, {4, 3, 3, 1})[2], (StageSegments{{8}, {9}}));
+}
+
+TEST(RecomputePolicy, SettingsThatDoNotFitAreErrorsNamingTheKey) {
+  RecomputeSettings s;
+  s.every = 2;
+  EXPECT_NE(settings_error(s).find("config.recompute.every is read only by the \"full\" policy"), std::string::npos);
+  s = {};
+  s.policy = "layers";
+  EXPECT_NE(settings_error(s).find("needs config.recompute.layers"), std::string::npos);
+  s = {};
+  s.policy = "stage_aware";
+  EXPECT_NE(settings_error(s).find("needs config.recompute.ratio in (0, 1]"), std::string::npos);
+  s.ratio = 0.5;
+  EXPECT_EQ(settings_error(s), "");
+  s = {};
+  s.policy = "selective";
+  EXPECT_NE(settings_error(s).find("\"selective\", which is not implemented yet"), std::string::npos);
+  s.policy = "everything";
+  EXPECT_NE(settings_error(s).find("not a recomputation policy; known: \"none\", \"full\", \"layers\""),
+            std::string::npos);
 }

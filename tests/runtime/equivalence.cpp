@@ -39,6 +39,9 @@ struct Args {
   std::string device = "cpu";       // cuda: trine's ranks run on the GPU (scripts/gpu-check.sh)
   std::string recompute = "none";   // config.recompute.policy of trine's run (the reference keeps everything)
   double dropout = 0;               // > 0: the reference is trine's graph on one process (see above)
+  double recompute_ratio = 0;       // config.recompute.ratio (stage_aware)
+  int recompute_every = 1;          // config.recompute.every (full)
+  std::vector<std::string> recompute_layers;  // config.recompute.layers (layers)
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -72,6 +75,9 @@ TrainConfig config_of(const Args& a, int m) {
   c.log_every = 0;
   c.device = a.device;
   c.recompute.policy = a.recompute;
+  c.recompute.ratio = a.recompute_ratio;
+  c.recompute.every = a.recompute_every;
+  c.recompute.layers = a.recompute_layers;
   return c;
 }
 
@@ -176,6 +182,9 @@ int main(int argc, char** argv) {
   app.add_option("--device", a.device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--recompute", a.recompute);
   app.add_option("--dropout", a.dropout);
+  app.add_option("--recompute-ratio", a.recompute_ratio);
+  app.add_option("--recompute-every", a.recompute_every);
+  app.add_option("--recompute-layers", a.recompute_layers)->delimiter(',');
   app.add_option("--die-rank", a.die_rank);
   app.add_option("--die-step", a.die_step);
   CLI11_PARSE(app, argc, argv);

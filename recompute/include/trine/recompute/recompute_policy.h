@@ -1,11 +1,19 @@
-// The recomputation policies a config can name (`recompute.policy`,
-// docs/config.md), defined once here and looked up by the config check and
-// the trainer. Implemented so far: `none` (every stage keeps its forward's
-// activations) and `full` (every stage keeps only its inputs and reruns its
-// whole forward before the backward; docs/design.md §4a). The others of
-// issue 12 (`selective`, `stage_aware`, `layers`) are named so that a config
-// using them gets a clear "not implemented yet" instead of "unknown".
+// The recomputation policies a config can name (`recompute.policy` and its
+// keys, docs/config.md), defined once here, and what each means for a
+// pipeline: per stage, which of its layers run as checkpointed segments
+// (StageExecution::checkpoint_layers; docs/design.md §4a).
+//
+//   none         keep every activation until its backward
+//   full         every layer of every stage, in segments of `every` layers
+//   layers       the layers named in `layers`, each its own segment
+//   stage_aware  Merak's rule: stage i recomputes its first
+//                floor(n_i * r_i) layers, r_i from `ratio` (r0) and the
+//                microbatches each stage holds under the schedule
+//                (stage_aware_ratios_for: 1F1B's last stage none, stage p-2
+//                of the shifted critical path takes p-3's ratio)
+//   selective    the attention core (named; not implemented yet)
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,7 +31,27 @@ const std::vector<RecomputePolicy>& recompute_policies();
 // is an implemented one; `where` names the config key in the message.
 const RecomputePolicy& find_recompute_policy(const std::string& name, const std::string& where);
 
-// Whether the policy reruns every stage's whole forward (keeps only its inputs).
-bool recomputes_whole_stage(const std::string& name);
+// `recompute` in a config.
+struct RecomputeSettings {
+  std::string policy = "none";
+  int every = 1;                    // full: layers per checkpointed segment
+  std::vector<std::string> layers;  // layers: the layer names to recompute
+  double ratio = 0;                 // stage_aware: r0, the first stage's share of recomputed layers
+};
+
+// Throws naming the key (prefixed by `where`, "config.recompute") and the fix
+// when the settings do not fit together.
+void check_recompute_settings(const RecomputeSettings& settings, const std::string& where);
+
+// Per stage, its checkpointed segments (each a list of layer ids, in order).
+// `layers_of_stage[s]`: stage s's layers in order; `layer_names[l]`: layer l's
+// name; `in_flight[s]`: the most microbatches stage s holds at once under
+// the schedule (read by stage_aware). Throws naming unknown layers for the
+// `layers` policy.
+using StageSegments = std::vector<std::vector<int>>;
+std::vector<StageSegments> checkpointed_segments(const RecomputeSettings& settings,
+                                                 const std::vector<std::vector<int>>& layers_of_stage,
+                                                 const std::vector<std::string>& layer_names,
+                                                 const std::vector<int>& in_flight);
 
 }  // namespace trine

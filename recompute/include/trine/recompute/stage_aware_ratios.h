@@ -25,6 +25,16 @@ std::vector<double> stage_aware_ratios(int stages, double first_stage_ratio, boo
 // How many of a stage's `segments` a ratio recomputes: the first
 // floor(segments * ratio) in forward order (a ratio a rounding error below
 // k / segments still gives k).
+// The same rule for any schedule, from the microbatches each stage holds at
+// once (the schedule checker's peak_in_flight, f_i): with f_i microbatches,
+// all but one of them kept in part, stage i recomputes
+//   r_i = 1 - (1 - r0) (f_0 - 1) / (f_i - 1)   (0 when f_i <= 1 or that is <= 0),
+// so every stage keeps what stage 0 keeps beyond one microbatch. For 1F1B
+// (f_i = p - i) this is the formula above; for the shifted critical path
+// (stage p-2 holds 3) it gives stage p-2 stage p-3's ratio; for GPipe (all
+// hold m) r0 everywhere. When stage 0 holds one, every stage takes r0.
+std::vector<double> stage_aware_ratios_for(const std::vector<int>& in_flight, double first_stage_ratio);
+
 int segments_to_recompute(int segments, double ratio);
 
 }  // namespace trine

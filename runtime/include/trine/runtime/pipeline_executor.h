@@ -45,7 +45,10 @@ struct StepTimings {
 
 struct ExecutorOptions {
   uint64_t seed = 0;
-  bool recompute = false;  // every forward keeps only the stage's inputs and reruns before its backward
+  // Layers of this stage run as checkpointed segments (each inner list one
+  // segment): a forward F keeps only their inputs, the backward (or an R)
+  // recomputes them (StageExecution::checkpoint_layers).
+  std::vector<std::vector<int>> checkpointed_layers;
   int64_t bucket_bytes = 1 << 20;
   c10::Device device = c10::kCPU;
 };

@@ -4,6 +4,7 @@
 // every key); `check()` validates values against each other.
 #pragma once
 #include "trine/common/json_reader.h"
+#include "trine/recompute/recompute_policy.h"
 
 #include <cstdint>
 #include <string>
@@ -39,10 +40,6 @@ struct LrScheduleConfig {
   int64_t total_steps = 0;      // where cosine reaches min_lr; 0: the run's steps
 };
 
-struct RecomputeConfig {
-  std::string policy = "none";  // a name from recompute/recompute_policy.h
-};
-
 struct TrainConfig {
   ParallelConfig parallel;
   int64_t global_batch = 0;  // samples per step over all replicas; 0: the sample batch's size
@@ -51,7 +48,7 @@ struct TrainConfig {
   PartitionConfig partition;
   OptimizerConfig optimizer;
   LrScheduleConfig lr_schedule;
-  RecomputeConfig recompute;
+  RecomputeSettings recompute;  // recompute/recompute_policy.h
   int64_t steps = 100;
   uint64_t seed = 0;              // dropout masks and planning
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
