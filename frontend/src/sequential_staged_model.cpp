@@ -1,5 +1,7 @@
 #include "trine/frontend/sequential_staged_model.h"
 
+#include "trine/frontend/allocation_counter.h"
+
 #include <torch/cuda.h>
 
 #include <chrono>
@@ -21,21 +23,6 @@ void synchronize(const c10::Device& device) {
 }
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// Counts the bytes allocated minus the bytes freed on this thread while it is
-// installed, through the allocators' memory-reporting hook (the one LibTorch's
-// profiler uses; CPU and CUDA allocators both report). Unlike looking at op
-// outputs, it also sees what composite ops allocate inside and autograd keeps
-// (a cross-entropy's log-softmax, a layer norm's mean and rstd, dropout masks).
-class AllocationCounter : public c10::MemoryReportingInfoBase {
- public:
-  void reportMemoryUsage(void*, int64_t bytes, size_t, size_t, c10::Device) override { live_ += bytes; }
-  bool memoryProfilingEnabled() const override { return true; }
-  int64_t live() const { return live_; }
-
- private:
-  int64_t live_ = 0;
-};
 
 }  // namespace
 

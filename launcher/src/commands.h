@@ -4,7 +4,9 @@
 #include "model_options.h"
 
 #include "trine/frontend/proxy_graph.h"
+#include "trine/partitioner/cost_model.h"
 #include "trine/partitioner/stage_plan.h"
+#include "trine/recompute/recompute_policy.h"
 
 #include <CLI/CLI.hpp>
 
@@ -27,9 +29,12 @@ struct PlanArgs {
   std::vector<std::string> starts;  // manual
   std::string out;                  // plan JSON to write
   bool show_costs = false;          // print the per-layer cost table too
+  RecomputeSettings recompute;      // the activation memory table's policy
 };
 void add_plan_options(CLI::App* cmd, PlanArgs& args);
-StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args);
+// `costs`, if given, receives the layer costs the plan was made from.
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args,
+                    CostModel* costs = nullptr);
 
 struct InspectArgs {
   ModelArgs model;

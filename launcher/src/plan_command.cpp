@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "trine/partitioner/profiler.h"
+#include "trine/recompute/memory_model.h"
 #include "trine/schedules/schedule_registry.h"
 
 #include <iostream>
@@ -30,9 +31,18 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--out", a.out, "write the plan as JSON to this file");
   cmd->add_flag("--show-costs", a.show_costs, "also print every layer's time and memory");
+  std::string policies;
+  for (const auto& p : recompute_policies())
+    if (p.implemented) policies += (policies.empty() ? "" : "|") + p.name;
+  cmd->add_option("--recompute", a.recompute.policy,
+                  "recompute policy the activation memory table is for: " + policies);
+  cmd->add_option("--recompute-every", a.recompute.every, "full: layers per recomputed segment");
+  cmd->add_option("--recompute-ratio", a.recompute.ratio, "stage_aware: the first stage's share of recomputed layers");
+  cmd->add_option("--recompute-layers", a.recompute.layers, "layers: the layer names to recompute (comma-separated)")
+      ->delimiter(',');
 }
 
-StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a) {
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a, CostModel* costs_out) {
   PlanOptions o;
   o.stages = a.stages;
   o.memory_limit_bytes = a.memory_limit.empty() ? 0 : parse_bytes(a.memory_limit, "--memory-limit");
@@ -54,8 +64,39 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
     costs = analytic_costs(proxy, an);
   }
   if (a.show_costs) std::cout << layer_cost_table(proxy, costs) << "\n";
+  if (costs_out) *costs_out = costs;
   return plan_stages(proxy, costs, a.method, o);
 }
+
+namespace {
+
+// Per stage, what one microbatch keeps under the recompute policy and the
+// most the stage holds at once under the plan's schedule.
+void print_activation_memory(const ProxyGraph& proxy, const CostModel& costs, const StagePlan& plan,
+                             const RecomputeSettings& recompute) {
+  const auto stage_of_layer = plan.stage_of_layer(proxy);
+  std::vector<std::vector<int>> layers_of_stage(plan.num_stages());
+  for (size_t l = 0; l < stage_of_layer.size(); ++l) layers_of_stage[stage_of_layer[l]].push_back(static_cast<int>(l));
+  std::vector<std::string> names;
+  std::vector<int64_t> bytes;
+  for (size_t l = 0; l < proxy.layers.size(); ++l) {
+    names.push_back(proxy.layers[l].name);
+    bytes.push_back(costs.layers[l].activation_bytes);
+  }
+  const int p = plan.num_stages();
+  const int m = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : p;
+  const ScheduleSpec& schedule = find_schedule(plan.pipeline.schedule);
+  auto segments = checkpointed_segments(recompute, layers_of_stage, names, peak_in_flight(schedule.name, p, m));
+  if (schedule.last_stage_keeps_everything) segments.back().clear();
+  std::string policy = recompute.policy;
+  if (recompute.policy == "stage_aware") policy += ", r0 = " + std::to_string(recompute.ratio).substr(0, 4);
+  if (recompute.policy == "full" && recompute.every > 1) policy += ", every " + std::to_string(recompute.every);
+  std::cout << "activation memory per stage, recompute " << policy << ", " << schedule.name << ", m = " << m << ":\n"
+            << activation_memory_table(
+                   predict_activation_memory(proxy, bytes, layers_of_stage, segments, schedule.name, m, policy));
+}
+
+}  // namespace
 
 CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args) {
   auto* cmd = app.add_subcommand("plan", "cut a model into pipeline stages, print and write the plan");
@@ -69,8 +110,10 @@ int run_plan(const PlanCommandArgs& args) {
   const ProxyGraph proxy = build_proxy_graph(model.traced);
   std::cout << "model: " << proxy.description << ", " << proxy.layers.size() << " layers\n";
   if (model.stand_in_loss) std::cout << "(TorchScript: the sum of its outputs stands in for a loss)\n";
-  const StagePlan plan = make_plan(model, proxy, args.plan);
+  CostModel costs;
+  const StagePlan plan = make_plan(model, proxy, args.plan, &costs);
   std::cout << plan.table();
+  print_activation_memory(proxy, costs, plan, args.plan.recompute);
   if (!args.plan.out.empty()) {
     plan.save(args.plan.out);
     std::cout << "plan written to " << args.plan.out << "\n";

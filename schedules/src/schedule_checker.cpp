@@ -77,13 +77,11 @@ struct StageState {
   double held_bytes = 0, peak_bytes = 0;
   bool reduced = false, stepped = false;
 
-  // Microbatch `mb` goes from what it holds to `after`, holding everything
-  // (`full`) while the instruction runs.
+  // Microbatch `mb` goes from what it holds to `after`.
   void hold(int mb, Held after, const ActivationCosts& c) {
-    held_bytes -= bytes_of(held[mb], c);
-    peak_bytes = std::max(peak_bytes, held_bytes + (after == Held::Checkpoint ? c.checkpoint : c.full));
+    held_bytes += bytes_of(after, c) - bytes_of(held[mb], c);
     held[mb] = after;
-    held_bytes += bytes_of(after, c);
+    peak_bytes = std::max(peak_bytes, held_bytes);
   }
 };
 

@@ -46,8 +46,12 @@ TEST(StageAwareRatios, KeepTheMemoryOfExtraMicrobatchesEqualToStageZeros) {
     for (double r0 : {0.5, 0.8, 0.95, 1.0}) {
       const auto r = stage_aware_ratios(p, r0);
       for (int i = 0; i + 1 < p; ++i) {
-        if (r[i] > 0) EXPECT_NEAR((p - 1 - i) * (1 - r[i]), (p - 1) * (1 - r0), 1e-12) << p << " " << r0 << " " << i;
-        if (i > 0) EXPECT_LE(r[i], r[i - 1]);
+        if (r[i] > 0) {
+          EXPECT_NEAR((p - 1 - i) * (1 - r[i]), (p - 1) * (1 - r0), 1e-12) << p << " " << r0 << " " << i;
+        }
+        if (i > 0) {
+          EXPECT_LE(r[i], r[i - 1]);
+        }
       }
       EXPECT_EQ(r[p - 1], 0.0);
     }

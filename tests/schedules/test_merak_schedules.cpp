@@ -131,7 +131,8 @@ TEST(MerakSchedules, PreconditionsAreErrorsThatSayWhatToDo) {
 }
 
 // With unit costs (full = kept = 1, checkpoint = 0), peak_activations counts
-// the microbatches a stage holds whole at once: F* holds none until its R.
+// the microbatches a stage holds whole between instructions: F* holds none
+// until its R.
 TEST(MerakSchedules, PeakActivationsCountWhatEachForwardKeeps) {
   const int p = 4, m = 8;
   const auto topo = StageTopology::chain(p);
@@ -142,13 +143,18 @@ TEST(MerakSchedules, PeakActivationsCountWhatEachForwardKeeps) {
   // until each is recomputed just before its backward: whole, at most two.
   EXPECT_EQ(shifted.peak_in_flight[2], 3);
   EXPECT_DOUBLE_EQ(shifted.peak_activations[2], 2);
-  // Full recomputation everywhere (a forward keeps its inputs, 0.1 of the
-  // whole): stage 0 of 1F1B holds 4 x 0.1 plus one microbatch whole while it
-  // runs its backward.
-  const std::vector<ActivationCosts> recompute_all(p, ActivationCosts{1, 0.1, 0.1});
+  // Recomputation everywhere (a forward keeps 0.1 of the whole): stage 0 of
+  // 1F1B holds 4 x 0.1; under the shifted critical path stage 0 recomputes
+  // its drain microbatches ahead of their backwards (R: whole again) and
+  // stage 2 holds microbatch 2 (0.1) and, after R0, microbatch 0 whole and 1 as
+  // its outputs (checkpoint 0.05).
+  const std::vector<ActivationCosts> recompute_all(p, ActivationCosts{1, 0.1, 0.05});
   const auto full = check_schedule(pipeline_schedule("1f1b", p, m), m, topo, SendMode::Blocking, recompute_all);
-  EXPECT_NEAR(full.peak_activations[0], 1 + 3 * 0.1, 1e-12);
-  EXPECT_NEAR(full.peak_activations[3], 1, 1e-12);
+  EXPECT_NEAR(full.peak_activations[0], 4 * 0.1, 1e-12);
+  EXPECT_NEAR(full.peak_activations[3], 0.1, 1e-12);
+  const auto shifted_full = check_schedule(pipeline_schedule("shifted_critical_path", p, m), m, topo,
+                                           SendMode::Blocking, recompute_all);
+  EXPECT_NEAR(shifted_full.peak_activations[2], 1 + 0.1 + 0.05, 1e-12);
   // Costs must come one per stage.
   EXPECT_THROW(check_schedule(pipeline_schedule("1f1b", p, m), m, topo, SendMode::Blocking,
                               std::vector<ActivationCosts>(2)),

@@ -11,10 +11,11 @@
 //     it has received, sends only what it has computed;
 //   - the play finishes: no set of stages waits on each other (deadlock).
 // A Recompute posts its transfers, recomputes, then waits for them.
-// Activation memory is counted per stage in the units of ActivationCosts:
-// while a microbatch is forwarded or recomputed it holds `full`, after F it
-// keeps `kept`, after F* `checkpoint`; a backward of a microbatch that is not
-// fully kept holds `full` while it recomputes.
+// Activation memory is counted per stage, between instructions, in the units
+// of ActivationCosts: after F a microbatch holds `kept`, after F* `checkpoint`,
+// after R `full`, after its backward nothing. What lives only inside one
+// instruction (a backward's recomputed segment, gradient buffers) is not
+// counted.
 // Violations throw with the stage, the instruction and what it waits for.
 #pragma once
 #include "trine/schedules/instruction.h"
@@ -42,7 +43,7 @@ enum class SendMode { Blocking, Buffered };
 
 // One stage's activation bytes per microbatch.
 struct ActivationCosts {
-  double full = 1;        // every tensor the backward needs (forward with grad, or recomputed)
+  double full = 1;        // every tensor the backward needs (after R: recomputed whole)
   double kept = 1;        // what a plain forward F keeps under the stage's recompute policy
   double checkpoint = 0;  // what F* keeps: the stage's inputs
 };

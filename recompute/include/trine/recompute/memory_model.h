@@ -1,0 +1,45 @@
+// Predicts each pipeline stage's activation memory for a schedule and a
+// recomputation policy (docs/design.md §4a), without running the model:
+//   - per microbatch, what a stage holds after a forward: whole (every
+//     layer's kept bytes), under the policy (kept bytes of the layers it
+//     keeps, plus only the outputs of each checkpointed segment), after F*
+//     (the stage's outputs only);
+//   - over a step, the most it holds at once between instructions: the
+//     schedule checker plays the schedule with those per-microbatch costs.
+// Layer bytes come from the partitioner's cost model (measured by the
+// profiler's allocator hook, or analytic). Every stage's row says what it
+// keeps and why, which is what DeepSpeed's and Megatron's single setting for
+// every stage cannot show.
+#pragma once
+#include "trine/frontend/proxy_graph.h"
+#include "trine/recompute/recompute_policy.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trine {
+
+struct StageActivationMemory {
+  int64_t whole = 0;       // one microbatch kept whole: the sum of its layers' kept bytes
+  int64_t kept = 0;        // one microbatch after a forward under the policy
+  int64_t checkpoint = 0;  // one microbatch after F*: the stage's outputs
+  int layers = 0, recomputed_layers = 0;
+  int peak_in_flight = 0;  // microbatches held at once under the schedule
+  int64_t peak = 0;        // most activation bytes held at once between instructions
+  std::string why;         // "3 of 4 layers recomputed (stage_aware, r = 0.7); 2 microbatches in flight"
+};
+
+// `layer_bytes[l]`: what layer l keeps per microbatch with grad.
+// `segments[s]`: stage s's checkpointed segments (checkpointed_segments()).
+std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& proxy,
+                                                             const std::vector<int64_t>& layer_bytes,
+                                                             const std::vector<std::vector<int>>& layers_of_stage,
+                                                             const std::vector<StageSegments>& segments,
+                                                             const std::string& schedule, int microbatches,
+                                                             const std::string& policy_summary);
+
+// One row per stage: whole, kept and F* bytes per microbatch, in flight, peak, why.
+std::string activation_memory_table(const std::vector<StageActivationMemory>& stages);
+
+}  // namespace trine
