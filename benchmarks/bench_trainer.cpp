@@ -6,6 +6,9 @@
 //       interleaved, same threads; prints the time ratio trainer / plain.
 //   bench_trainer --mode pipeline --pp P --microbatches M   every rank of a
 //       job (or a single process with --pp 1): samples/s of the Trainer.
+//       With --recompute POLICY (and --recompute-ratio/-every), every rank
+//       prints its stage's line: step time, time recomputing, peak bytes
+//       allocated during a step (benchmarks/bench_recompute.sh).
 //
 // Each run prints one JSON line (prefixed "json: ") for the script to collect.
 #include "bench_timing.h"
@@ -28,6 +31,8 @@ struct Args {
   std::string schedule = "1f1b";
   int pp = 1, dp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
   int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
+  RecomputeSettings recompute;
+  bool per_rank = false;  // every rank prints its line (set by --recompute)
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -52,6 +57,8 @@ TrainConfig config_of(const Args& a) {
   c.log_every = 0;
   c.partition.method = "dp";
   c.partition.profile = true;  // balance stages on measured layer times
+  c.recompute = a.recompute;
+  c.measure_memory = a.per_rank;
   return c;
 }
 
@@ -73,7 +80,11 @@ int main(int argc, char** argv) try {
   app.add_option("--hidden", a.hidden);
   app.add_option("--seq", a.seq);
   app.add_option("--global-batch", a.global_batch);
+  app.add_option("--recompute", a.recompute.policy);
+  app.add_option("--recompute-ratio", a.recompute.ratio);
+  app.add_option("--recompute-every", a.recompute.every);
   CLI11_PARSE(app, argc, argv);
+  a.per_rank = app.count("--recompute") > 0;
   torch::set_num_threads(a.threads);
   nlohmann::json out{{"mode", a.mode}, {"layers", a.layers}, {"hidden", a.hidden}, {"seq_len", a.seq},
                      {"global_batch", a.global_batch}, {"microbatches", a.microbatches}, {"threads", a.threads},
@@ -93,6 +104,8 @@ int main(int argc, char** argv) try {
       sum.communicate_s += t.communicate_s / a.steps;
       sum.reduce_s += t.reduce_s / a.steps;
       sum.optimizer_s += t.optimizer_s / a.steps;
+      sum.recompute_s += t.recompute_s / a.steps;
+      sum.peak_bytes = std::max(sum.peak_bytes, t.peak_bytes);
     }
     // Every rank's breakdown, for seeing where a pipeline loses time.
     std::fprintf(stderr, "rank %d stage %d: mean per step forward %.1f ms, backward %.1f ms, waiting on peers %.1f ms, "
@@ -101,7 +114,14 @@ int main(int argc, char** argv) try {
     const double step_s = bench::median(times);
     out.update({{"schedule", a.schedule}, {"pp", a.pp}, {"dp", a.dp}, {"ranks", trainer.world_size()}, {"step_s", step_s},
                 {"samples_per_s", a.global_batch / step_s}});
-    if (trainer.rank() == 0) std::cout << "json: " << out.dump() << std::endl;
+    if (a.per_rank) {
+      out.update({{"rank", trainer.rank()}, {"stage", trainer.stage()}, {"recompute", a.recompute.policy},
+                  {"recompute_ratio", a.recompute.ratio}, {"recompute_s", sum.recompute_s},
+                  {"backward_s", sum.backward_s}, {"forward_s", sum.forward_s}, {"peak_bytes", sum.peak_bytes}});
+      std::cout << "json: " << out.dump() << std::endl;
+    } else if (trainer.rank() == 0) {
+      std::cout << "json: " << out.dump() << std::endl;
+    }
     return 0;
   }
 

@@ -192,7 +192,7 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
     size_t next = 0;
     for (const SegmentPlan& segment : checkpoints->segments) {
       run_steps(slots, next, segment.begin, rng);
-      run_segment(slots, segment, rng, segment_runs);
+      run_segment(slots, segment, rng, checkpoints->recompute_ns, segment_runs);
       next = segment.end;
     }
     run_steps(slots, next, steps_->size(), rng);

@@ -6,6 +6,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <chrono>
 #include <set>
 
 namespace trine {
@@ -53,8 +54,9 @@ struct SegmentFunction : torch::autograd::Function<SegmentFunction> {
 
 }  // namespace
 
-SegmentRun::SegmentRun(const GraphRunner& runner, const SegmentPlan& plan, const RngPolicy& rng)
-    : runner_(&runner), plan_(&plan), rng_(rng) {}
+SegmentRun::SegmentRun(const GraphRunner& runner, const SegmentPlan& plan, const RngPolicy& rng,
+                       std::shared_ptr<std::atomic<int64_t>> recompute_ns)
+    : runner_(&runner), plan_(&plan), rng_(rng), recompute_ns_(std::move(recompute_ns)) {}
 
 std::vector<c10::IValue> SegmentRun::slots_with(const std::vector<torch::Tensor>& tensor_inputs) const {
   std::vector<c10::IValue> slots = runner_->constants_;
@@ -101,6 +103,7 @@ std::vector<torch::Tensor> SegmentRun::forward(const std::vector<torch::Tensor>&
 
 void SegmentRun::recompute() {
   if (recomputed_) return;
+  const auto t0 = std::chrono::steady_clock::now();
   torch::AutoGradMode grad(true);
   leaves_.clear();
   for (size_t i = 0; i < saved_.size(); ++i) {
@@ -123,6 +126,9 @@ void SegmentRun::recompute() {
   for (size_t o = 0; o < plan_->outputs.size(); ++o)
     if (slots[plan_->outputs[o]].isTensor()) outputs_.push_back(slots[plan_->outputs[o]].toTensor());
   recomputed_ = true;
+  if (recompute_ns_)
+    *recompute_ns_ +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
 }
 
 std::vector<torch::Tensor> SegmentRun::backward(const std::vector<torch::Tensor>& grad_outputs) {
@@ -154,8 +160,9 @@ std::vector<torch::Tensor> SegmentRun::backward(const std::vector<torch::Tensor>
 }
 
 void GraphRunner::run_segment(std::vector<c10::IValue>& slots, const SegmentPlan& segment, const RngPolicy& rng,
+                              const std::shared_ptr<std::atomic<int64_t>>& recompute_ns,
                               std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const {
-  auto run = c10::make_intrusive<SegmentRun>(*this, segment, rng);
+  auto run = c10::make_intrusive<SegmentRun>(*this, segment, rng, recompute_ns);
   std::vector<torch::Tensor> tensors;
   std::vector<c10::IValue> others(segment.inputs.size());
   std::vector<bool> is_tensor(segment.inputs.size(), false);

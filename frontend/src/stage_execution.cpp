@@ -1,5 +1,7 @@
 #include "trine/frontend/stage_execution.h"
 
+#include <chrono>
+
 namespace trine {
 
 StageExecution::StageExecution(const StageProgram& program, const TracedModel& model, const ProxyGraph& proxy,
@@ -118,14 +120,19 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
   std::vector<bool> copied(me.inputs.size(), false);
   for (size_t i = 0; i < me.inputs.size(); ++i)
     copied[i] = me.inputs[i].kind == StageInput::Kind::Parameter && !held_.at(me.inputs[i].index).requires_grad();
+  auto recompute_ns = checkpoints_.recompute_ns;  // the running total survives a new plan
   checkpoints_ = runner.plan_checkpoints(segment_of_node, copied);
+  checkpoints_.recompute_ns = recompute_ns;
   checkpointed_layers_ = segments;
 }
 
 void StageExecution::recompute(StageActivations& activations) const {
   for (auto& segment : activations.segments) segment->recompute();
   if (!activations.recompute_pending) return;
+  const auto t0 = std::chrono::steady_clock::now();
   auto result = program_->runner.run(std::move(activations.graph_inputs), activations.rng);
+  *checkpoints_.recompute_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
   activations.graph_inputs.clear();
   activations.recompute_pending = false;
   for (size_t o = 0; o < result.size(); ++o) activations.outputs[o] = result[o].toTensor();

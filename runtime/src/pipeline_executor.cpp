@@ -1,6 +1,7 @@
 #include "trine/runtime/pipeline_executor.h"
 
 #include "buffer_sync.h"
+#include "trine/frontend/allocation_counter.h"
 
 #include <algorithm>
 #include <set>
@@ -112,6 +113,9 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
                                   const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
+  auto counter = std::make_shared<AllocationCounter>();
+  std::optional<AllocationCounting> counting;
+  if (options_.measure_memory) counting.emplace(counter);
   buffers_->begin_step();
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
@@ -127,11 +131,16 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         recompute(ins);
         account = &timings_.recompute_s;
         break;
-      case Instruction::Op::Backward:
+      case Instruction::Op::Backward: {
         if (static_cast<int>(i) == last_backward_) buckets_->arm();
+        const double recomputed_before = execution_->recompute_seconds();
         backward(ins.microbatch);
+        const double inline_recompute = execution_->recompute_seconds() - recomputed_before;
+        timings_.recompute_s += inline_recompute;
+        timings_.backward_s -= inline_recompute;
         account = &timings_.backward_s;
         break;
+      }
       case Instruction::Op::Communicate:
         communicate(ins);
         account = &timings_.communicate_s;
@@ -148,6 +157,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
+  timings_.peak_bytes = counter->peak();
 }
 
 void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint) {

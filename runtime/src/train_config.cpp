@@ -68,6 +68,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
   {
     auto l = r.object("logging");
     c.log_every = l.get("every", c.log_every);
+    c.measure_memory = l.get("memory", c.measure_memory);
     l.finish();
   }
   {

@@ -329,6 +329,7 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
   ExecutorOptions eo;
   eo.seed = config.seed;
   eo.checkpointed_layers = recompute_plan(stages).at(stage);
+  eo.measure_memory = config.measure_memory;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);

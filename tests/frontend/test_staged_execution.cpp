@@ -331,7 +331,9 @@ TEST(StageExecutionCore, CheckpointedLayerSegmentsGiveBitEqualGradients) {
   plain.backward(std::move(a), {}, 0.5);
   checkpointed.backward(std::move(b), {}, 0.5);
   for (const auto& [id, t] : plain.parameters())
-    if (t.requires_grad()) EXPECT_TRUE(torch::equal(t.grad(), checkpointed.parameters().at(id).grad())) << id;
+    if (t.requires_grad()) {
+      EXPECT_TRUE(torch::equal(t.grad(), checkpointed.parameters().at(id).grad())) << id;
+    }
   // Checkpointed dropout with the sequential generator would draw new numbers: refused.
   try {
     every_layer.forward_backward(batch);
@@ -376,7 +378,9 @@ TEST(StageExecutionCore, RecomputedBatchNormUpdatesItsStatisticsOnce) {
   for (const auto& p : proxy.params) {
     const auto a = kept.parameter(p.name), b = recomputed.parameter(p.name);
     EXPECT_TRUE(torch::equal(a, b)) << p.name;  // buffers: running stats, num_batches_tracked = 2
-    if (p.requires_grad) EXPECT_TRUE(torch::equal(a.grad(), b.grad())) << p.name;
+    if (p.requires_grad) {
+      EXPECT_TRUE(torch::equal(a.grad(), b.grad())) << p.name;
+    }
   }
   EXPECT_EQ(recomputed.parameter("bn.num_batches_tracked").item<int64_t>(), 2);
   // The same with the BatchNorm's layer as a checkpointed segment of its stage.
@@ -391,7 +395,9 @@ TEST(StageExecutionCore, RecomputedBatchNormUpdatesItsStatisticsOnce) {
   for (const auto& p : proxy.params) {
     const auto a = recomputed.parameter(p.name), b = segmented.parameter(p.name);
     EXPECT_TRUE(torch::equal(a, b)) << p.name;
-    if (p.requires_grad) EXPECT_TRUE(torch::equal(a.grad(), b.grad())) << p.name;
+    if (p.requires_grad) {
+      EXPECT_TRUE(torch::equal(a.grad(), b.grad())) << p.name;
+    }
   }
   EXPECT_EQ(segmented.parameter("bn.num_batches_tracked").item<int64_t>(), 2);
 }

@@ -11,6 +11,7 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +72,7 @@ class GraphRunner {
   struct Step;
   void run_steps(std::vector<c10::IValue>& slots, size_t begin, size_t end, const RngPolicy& rng) const;
   void run_segment(std::vector<c10::IValue>& slots, const struct SegmentPlan& segment, const RngPolicy& rng,
+                   const std::shared_ptr<std::atomic<int64_t>>& recompute_ns,
                    std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::shared_ptr<const std::vector<Step>> steps_;

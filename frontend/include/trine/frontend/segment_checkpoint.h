@@ -15,6 +15,8 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,11 +32,15 @@ struct SegmentPlan {
 
 struct CheckpointPlan {
   std::vector<SegmentPlan> segments;  // in step order, disjoint
+  // Nanoseconds spent rerunning these segments so far (every SegmentRun adds).
+  std::shared_ptr<std::atomic<int64_t>> recompute_ns = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 class SegmentRun : public torch::CustomClassHolder {
  public:
-  SegmentRun(const GraphRunner& runner, const SegmentPlan& plan, const RngPolicy& rng);
+  // `recompute_ns` (may be null) accumulates the time recompute() takes.
+  SegmentRun(const GraphRunner& runner, const SegmentPlan& plan, const RngPolicy& rng,
+             std::shared_ptr<std::atomic<int64_t>> recompute_ns = nullptr);
   // Runs the segment again with grad now, so that its backward needs no
   // recompute. Idempotent until the backward consumes it.
   void recompute();
@@ -56,6 +62,7 @@ class SegmentRun : public torch::CustomClassHolder {
   const GraphRunner* runner_;
   const SegmentPlan* plan_;
   RngPolicy rng_;
+  std::shared_ptr<std::atomic<int64_t>> recompute_ns_;
   std::vector<c10::IValue> other_inputs_;   // per plan input: a non-tensor value, else None
   std::vector<bool> is_tensor_input_;       // per plan input
   std::vector<torch::Tensor> saved_;        // per tensor input: what the rerun starts from

@@ -94,6 +94,10 @@ class StageExecution {
   std::map<int, torch::Tensor> backward(StageActivations&& activations, const std::map<int, torch::Tensor>& output_grads,
                                         double loss_seed) const;
 
+  // Seconds spent recomputing so far (whole-stage reruns and checkpointed
+  // segments, wherever they ran: an R, or inside a backward).
+  double recompute_seconds() const { return *checkpoints_.recompute_ns * 1e-9; }
+
   // The loss among a forward's outputs; undefined on stages that do not compute it.
   torch::Tensor loss(const StageActivations& activations) const;
 

@@ -40,7 +40,10 @@ struct ExecutorGroups {
 // how long it waited on its peers (Communicate) and on gradient sync.
 struct StepTimings {
   double forward_s = 0, backward_s = 0, communicate_s = 0, reduce_s = 0, optimizer_s = 0;
-  double recompute_s = 0;  // R instructions, including the wait for the transfers they overlap
+  // Recomputation: the R instructions (including the wait for the transfers
+  // they overlap) and the recomputes backwards ran in-line (not in backward_s).
+  double recompute_s = 0;
+  int64_t peak_bytes = 0;  // with ExecutorOptions::measure_memory: most bytes allocated during the step above its start
 };
 
 struct ExecutorOptions {
@@ -50,6 +53,7 @@ struct ExecutorOptions {
   // recomputes them (StageExecution::checkpoint_layers).
   std::vector<std::vector<int>> checkpointed_layers;
   int64_t bucket_bytes = 1 << 20;
+  bool measure_memory = false;  // count the step's allocations (StepTimings::peak_bytes)
   c10::Device device = c10::kCPU;
 };
 
