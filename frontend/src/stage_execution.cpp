@@ -16,6 +16,7 @@ StageExecution::StageExecution(const StageProgram& program, const TracedModel& m
   for (size_t o = 0; o < program.outputs.size(); ++o)
     if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
   for (const ProxyOp& op : proxy.ops) layer_of_op_.push_back(op.layer);
+  attention_cores_ = attention_cores(proxy);
   // The trace ran with autograd on: its value types record which outputs require grad.
   for (const torch::jit::Value* out : program.graph->outputs()) {
     const auto type = out->type()->cast<c10::TensorType>();
@@ -92,7 +93,7 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   return out;
 }
 
-void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segments) {
+void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segments, bool attention_cores) {
   const StageProgram& me = *program_;
   std::map<int, int> segment_of_layer;
   for (size_t k = 0; k < segments.size(); ++k)
@@ -102,6 +103,14 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
       TORCH_CHECK(segment_of_layer.emplace(layer, static_cast<int>(k)).second, "layer ", layer,
                   " is in two checkpointed segments");
     }
+  // Attention cores of this stage's layers not checkpointed whole: op id -> segment.
+  std::map<int64_t, int> segment_of_op;
+  if (attention_cores)
+    for (size_t c = 0; c < attention_cores_.size(); ++c) {
+      const AttentionCore& core = attention_cores_[c];
+      if (!std::count(me.layers.begin(), me.layers.end(), core.layer) || segment_of_layer.count(core.layer)) continue;
+      for (int op : core.ops) segment_of_op[op] = static_cast<int>(segments.size() + c);
+    }
   const GraphRunner& runner = me.runner;
   std::vector<int> segment_of_node(runner.num_nodes(), -1);
   checkpoints_random_ = false;
@@ -110,13 +119,25 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
     const int64_t op = runner.op_id(position);
     if (op >= 0) {
       auto it = segment_of_layer.find(layer_of_op_.at(op));
-      if (it != segment_of_layer.end()) {
-        segment_of_node[position] = it->second;
+      auto core = segment_of_op.find(op);
+      if (it != segment_of_layer.end() || core != segment_of_op.end()) {
+        segment_of_node[position] = it != segment_of_layer.end() ? it->second : core->second;
         checkpoints_random_ = checkpoints_random_ || node->isNondeterministic();
       }
     }
     ++position;
   }
+  // Nodes cloned into the middle of a core (ops on parameters or buffers alone,
+  // such as a causal mask) join it rather than split it in two.
+  std::map<int, std::pair<size_t, size_t>> span;  // core segment -> first, last node
+  for (size_t n = 0; n < segment_of_node.size(); ++n)
+    if (segment_of_node[n] >= static_cast<int>(segments.size())) {
+      auto [it, fresh] = span.emplace(segment_of_node[n], std::make_pair(n, n));
+      if (!fresh) it->second.second = n;
+    }
+  for (const auto& [id, range] : span)
+    for (size_t n = range.first; n <= range.second; ++n)
+      if (segment_of_node[n] < 0) segment_of_node[n] = id;
   std::vector<bool> copied(me.inputs.size(), false);
   for (size_t i = 0; i < me.inputs.size(); ++i)
     copied[i] = me.inputs[i].kind == StageInput::Kind::Parameter && !held_.at(me.inputs[i].index).requires_grad();

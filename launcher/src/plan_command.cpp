@@ -78,22 +78,24 @@ void print_activation_memory(const ProxyGraph& proxy, const CostModel& costs, co
   std::vector<std::vector<int>> layers_of_stage(plan.num_stages());
   for (size_t l = 0; l < stage_of_layer.size(); ++l) layers_of_stage[stage_of_layer[l]].push_back(static_cast<int>(l));
   std::vector<std::string> names;
-  std::vector<int64_t> bytes;
+  std::vector<int64_t> bytes, selective_bytes;
   for (size_t l = 0; l < proxy.layers.size(); ++l) {
     names.push_back(proxy.layers[l].name);
     bytes.push_back(costs.layers[l].activation_bytes);
+    selective_bytes.push_back(costs.layers[l].selective_activation_bytes);
   }
   const int p = plan.num_stages();
   const int m = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : p;
   const ScheduleSpec& schedule = find_schedule(plan.pipeline.schedule);
   auto segments = checkpointed_segments(recompute, layers_of_stage, names, peak_in_flight(schedule.name, p, m));
-  if (schedule.last_stage_keeps_everything) segments.back().clear();
+  if (schedule.last_stage_keeps_everything) segments.back() = {};
   std::string policy = recompute.policy;
   if (recompute.policy == "stage_aware") policy += ", r0 = " + std::to_string(recompute.ratio).substr(0, 4);
   if (recompute.policy == "full" && recompute.every > 1) policy += ", every " + std::to_string(recompute.every);
   std::cout << "activation memory per stage, recompute " << policy << ", " << schedule.name << ", m = " << m << ":\n"
             << activation_memory_table(
-                   predict_activation_memory(proxy, bytes, layers_of_stage, segments, schedule.name, m, policy));
+                   predict_activation_memory(proxy, bytes, selective_bytes, layers_of_stage, segments, schedule.name, m,
+                                             policy));
 }
 
 }  // namespace

@@ -55,7 +55,8 @@ nlohmann::json CostModel::to_json() const {
   nlohmann::json layers_json = nlohmann::json::array();
   for (const LayerCost& c : layers)
     layers_json.push_back({{"forward_s", c.forward_s}, {"backward_s", c.backward_s},
-                           {"activation_bytes", c.activation_bytes}});
+                           {"activation_bytes", c.activation_bytes},
+                           {"selective_activation_bytes", c.selective_activation_bytes}});
   return {{"source", source}, {"optimizer_state_factor", optimizer_state_factor}, {"layers", layers_json}};
 }
 
@@ -66,7 +67,7 @@ CostModel CostModel::from_json(const nlohmann::json& j) {
   c.optimizer_state_factor = r.required<double>("optimizer_state_factor");
   for (auto& l : r.objects("layers")) {
     c.layers.push_back({l.required<double>("forward_s"), l.required<double>("backward_s"),
-                        l.required<int64_t>("activation_bytes")});
+                        l.required<int64_t>("activation_bytes"), l.get<int64_t>("selective_activation_bytes", -1)});
     l.finish();
   }
   r.finish();

@@ -60,6 +60,13 @@ CostModel profile_layers(const TracedModel& model, const ProxyGraph& proxy, cons
     }
   }
   staged.zero_grad();
+  // Once more with every layer's attention cores recomputed: what selective
+  // recomputation leaves each layer keeping.
+  SequentialStagedModel selective(model, proxy, one_stage_per_layer);
+  for (int l = 0; l < n; ++l) selective.checkpoint_layers(l, {}, /*attention_cores=*/true);
+  StageMeasurements selective_m;
+  selective.forward_backward(batch, options.rng, &selective_m);
+  selective.zero_grad();
 
   CostModel costs;
   std::ostringstream src;
@@ -68,7 +75,8 @@ CostModel profile_layers(const TracedModel& model, const ProxyGraph& proxy, cons
       << options.repeats << " after " << options.warmup << " warm-up";
   costs.source = src.str();
   costs.optimizer_state_factor = options.optimizer_state_factor;
-  for (int l = 0; l < n; ++l) costs.layers.push_back({median(fwd[l]), median(bwd[l]), kept[l]});
+  for (int l = 0; l < n; ++l)
+    costs.layers.push_back({median(fwd[l]), median(bwd[l]), kept[l], selective_m.kept_bytes[l]});
   return costs;
 }
 

@@ -1,10 +1,12 @@
 #include "trine/recompute/memory_model.h"
 
+#include "trine/frontend/attention_cores.h"
 #include "trine/schedules/schedule_checker.h"
 #include "trine/schedules/schedule_registry.h"
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <set>
 #include <sstream>
@@ -13,23 +15,30 @@ namespace trine {
 
 namespace {
 
-// Bytes of the tensors produced by ops of `layers` and read by an op of
-// another layer (or returned by the model): what a checkpointed segment of
-// those layers keeps, or, for a whole stage, what it sends on.
-int64_t leaving_bytes(const ProxyGraph& proxy, const std::set<int>& layers) {
+// Bytes of the tensors produced by `ops` and read by another op (or
+// returned by the model): what a checkpointed segment of those ops keeps,
+// or, for a whole stage, what it sends on.
+int64_t leaving_bytes(const ProxyGraph& proxy, const std::set<int>& ops) {
   std::set<int> model_outputs(proxy.outputs.begin(), proxy.outputs.end());
   int64_t bytes = 0;
-  for (const ProxyOp& op : proxy.ops) {
-    if (op.param_only || !layers.count(op.layer)) continue;
-    for (int v : op.outputs) {
+  for (int o : ops) {
+    for (int v : proxy.ops[o].outputs) {
       const ProxyValue& value = proxy.values[v];
       if (!value.is_tensor) continue;
       bool leaves = model_outputs.count(v) > 0;
-      for (int c : value.consumers) leaves = leaves || !layers.count(proxy.ops[c].layer);
+      for (int c : value.consumers) leaves = leaves || !ops.count(c);
       if (leaves) bytes += value.bytes;
     }
   }
   return bytes;
+}
+
+std::set<int> ops_of(const ProxyGraph& proxy, const std::vector<int>& layers) {
+  const std::set<int> wanted(layers.begin(), layers.end());
+  std::set<int> ops;
+  for (size_t o = 0; o < proxy.ops.size(); ++o)
+    if (!proxy.ops[o].param_only && wanted.count(proxy.ops[o].layer)) ops.insert(static_cast<int>(o));
+  return ops;
 }
 
 std::string mib(int64_t bytes) {
@@ -42,28 +51,51 @@ std::string mib(int64_t bytes) {
 
 std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& proxy,
                                                              const std::vector<int64_t>& layer_bytes,
+                                                             const std::vector<int64_t>& layer_bytes_selective,
                                                              const std::vector<std::vector<int>>& layers_of_stage,
-                                                             const std::vector<StageSegments>& segments,
+                                                             const std::vector<StageRecompute>& recompute,
                                                              const std::string& schedule, int microbatches,
                                                              const std::string& policy_summary) {
   const int p = static_cast<int>(layers_of_stage.size());
   TORCH_CHECK(layer_bytes.size() == proxy.layers.size(), "bytes for ", layer_bytes.size(), " layers, the model has ",
               proxy.layers.size());
-  TORCH_CHECK(static_cast<int>(segments.size()) == p, "segments for ", segments.size(), " stages, the plan has ", p);
+  TORCH_CHECK(static_cast<int>(recompute.size()) == p, "recompute plans for ", recompute.size(), " stages, the plan has ",
+              p);
+  const auto cores = attention_cores(proxy);
   std::vector<StageActivationMemory> out(p);
   std::vector<ActivationCosts> costs(p);
   for (int s = 0; s < p; ++s) {
     StageActivationMemory& m = out[s];
     std::set<int> recomputed;
-    for (const auto& segment : segments[s]) {
+    for (const auto& segment : recompute[s].layer_segments) {
       recomputed.insert(segment.begin(), segment.end());
-      m.kept += leaving_bytes(proxy, std::set<int>(segment.begin(), segment.end()));
+      m.kept += leaving_bytes(proxy, ops_of(proxy, segment));
     }
     for (int l : layers_of_stage[s]) {
       m.whole += layer_bytes[l];
       if (!recomputed.count(l)) m.kept += layer_bytes[l];
     }
-    m.checkpoint = leaving_bytes(proxy, std::set<int>(layers_of_stage[s].begin(), layers_of_stage[s].end()));
+    if (recompute[s].attention_cores) {
+      std::set<int> measured;  // layers whose selective bytes were measured: used as they are
+      for (int l : layers_of_stage[s])
+        if (!recomputed.count(l) && l < static_cast<int>(layer_bytes_selective.size()) &&
+            layer_bytes_selective[l] >= 0) {
+          m.kept += layer_bytes_selective[l] - layer_bytes[l];
+          measured.insert(l);
+        }
+      for (const AttentionCore& core : cores) {
+        if (recomputed.count(core.layer) ||
+            !std::count(layers_of_stage[s].begin(), layers_of_stage[s].end(), core.layer))
+          continue;
+        ++m.recomputed_cores;
+        if (measured.count(core.layer)) continue;
+        // Estimate: the core's op outputs go, the tensors leaving it stay.
+        const std::set<int> ops(core.ops.begin(), core.ops.end());
+        for (int o : ops) m.kept -= proxy.ops[o].activation_bytes;
+        m.kept += leaving_bytes(proxy, ops);
+      }
+    }
+    m.checkpoint = leaving_bytes(proxy, ops_of(proxy, layers_of_stage[s]));
     m.layers = static_cast<int>(layers_of_stage[s].size());
     m.recomputed_layers = static_cast<int>(recomputed.size());
     costs[s] = {static_cast<double>(m.whole), static_cast<double>(m.kept), static_cast<double>(m.checkpoint)};
@@ -75,7 +107,9 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
     m.peak_in_flight = report.peak_in_flight[s];
     m.peak = static_cast<int64_t>(report.peak_activations[s]);
     std::ostringstream why;
-    why << m.recomputed_layers << " of " << m.layers << " layers recomputed (" << policy_summary << "); "
+    why << m.recomputed_layers << " of " << m.layers << " layers";
+    if (m.recomputed_cores) why << " and " << m.recomputed_cores << " attention cores";
+    why << " recomputed (" << policy_summary << "); "
         << m.peak_in_flight << " microbatch" << (m.peak_in_flight == 1 ? "" : "es") << " in flight under "
         << schedule;
     m.why = why.str();

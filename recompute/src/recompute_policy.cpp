@@ -16,7 +16,8 @@ const std::vector<RecomputePolicy>& recompute_policies() {
        true},
       {"layers", "recompute the layers listed in `layers`", true},
       {"stage_aware", "early stages recompute more layers than late ones (Merak's ratio rule from `ratio`)", true},
-      {"selective", "recompute the attention core only", false},
+      {"selective", "recompute every layer's attention core (scores, mask, softmax, dropout, up to the product with v)",
+       true},
   };
   return policies;
 }
@@ -65,15 +66,17 @@ StageSegments each_of(const std::vector<int>& layers) { return every_k(layers, 1
 
 }  // namespace
 
-std::vector<StageSegments> checkpointed_segments(const RecomputeSettings& s,
+std::vector<StageRecompute> checkpointed_segments(const RecomputeSettings& s,
                                                  const std::vector<std::vector<int>>& layers_of_stage,
                                                  const std::vector<std::string>& layer_names,
                                                  const std::vector<int>& in_flight) {
   check_recompute_settings(s, "config.recompute");
   const int p = static_cast<int>(layers_of_stage.size());
-  std::vector<StageSegments> out(p);
-  if (s.policy == "full") {
-    for (int st = 0; st < p; ++st) out[st] = every_k(layers_of_stage[st], s.every);
+  std::vector<StageRecompute> out(p);
+  if (s.policy == "selective") {
+    for (auto& stage : out) stage.attention_cores = true;
+  } else if (s.policy == "full") {
+    for (int st = 0; st < p; ++st) out[st].layer_segments = every_k(layers_of_stage[st], s.every);
   } else if (s.policy == "layers") {
     std::map<std::string, int> id;
     for (size_t l = 0; l < layer_names.size(); ++l) id[layer_names[l]] = static_cast<int>(l);
@@ -92,7 +95,7 @@ std::vector<StageSegments> checkpointed_segments(const RecomputeSettings& s,
       std::vector<int> chosen;
       for (int l : layers_of_stage[st])
         if (wanted[l]) chosen.push_back(l);
-      out[st] = each_of(chosen);
+      out[st].layer_segments = each_of(chosen);
     }
   } else if (s.policy == "stage_aware") {
     TORCH_CHECK(static_cast<int>(in_flight.size()) == p, "in-flight counts for ", in_flight.size(),
@@ -101,7 +104,7 @@ std::vector<StageSegments> checkpointed_segments(const RecomputeSettings& s,
     for (int st = 0; st < p; ++st) {
       const auto& layers = layers_of_stage[st];
       const int n = segments_to_recompute(static_cast<int>(layers.size()), ratios[st]);
-      out[st] = each_of(std::vector<int>(layers.begin(), layers.begin() + n));
+      out[st].layer_segments = each_of(std::vector<int>(layers.begin(), layers.begin() + n));
     }
   }
   return out;

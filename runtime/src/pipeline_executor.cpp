@@ -55,7 +55,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
     for (int p : s.params) first_holder.emplace(p, s.stage);
   microbatches_ = count_microbatches(program_, stage_);
   execution_ = std::make_unique<StageExecution>(me, model, proxy, options_.device);
-  execution_->checkpoint_layers(options_.checkpointed_layers);
+  execution_->checkpoint_layers(options_.checkpointed_layers, options_.checkpoint_attention_cores);
   const auto& held = execution_->parameters();
   // Gradients become final last layer first: bucket them in reverse.
   for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)

@@ -130,7 +130,7 @@ struct Trainer::Impl {
                              std::chrono::milliseconds timeout);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
   // Per stage, the layers it recomputes (config.recompute under this schedule).
-  std::vector<StageSegments> recompute_plan(const std::vector<StageProgram>& stages) const;
+  std::vector<StageRecompute> recompute_plan(const std::vector<StageProgram>& stages) const;
 };
 
 Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
@@ -311,7 +311,7 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
   return groups;
 }
 
-std::vector<StageSegments> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
+std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
   const ScheduleSpec& schedule = find_schedule(plan->pipeline.schedule);
   std::vector<std::vector<int>> layers_of_stage;
   for (const auto& s : stages) layers_of_stage.push_back(s.layers);
@@ -320,7 +320,7 @@ std::vector<StageSegments> Trainer::Impl::recompute_plan(const std::vector<Stage
   auto segments = checkpointed_segments(config.recompute, layers_of_stage, names,
                                         peak_in_flight(schedule.name, config.parallel.pp, plan->pipeline.microbatches));
   // Its backward follows its forward at once: recomputing there only adds work.
-  if (schedule.last_stage_keeps_everything) segments.back().clear();
+  if (schedule.last_stage_keeps_everything) segments.back() = {};
   return segments;
 }
 
@@ -328,7 +328,9 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
-  eo.checkpointed_layers = recompute_plan(stages).at(stage);
+  const StageRecompute mine = recompute_plan(stages).at(stage);
+  eo.checkpointed_layers = mine.layer_segments;
+  eo.checkpoint_attention_cores = mine.attention_cores;
   eo.measure_memory = config.measure_memory;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;

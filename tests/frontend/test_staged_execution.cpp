@@ -343,6 +343,52 @@ TEST(StageExecutionCore, CheckpointedLayerSegmentsGiveBitEqualGradients) {
   }
 }
 
+// Selective recomputation: each block's attention core (scores, mask,
+// softmax, attention dropout, up to the product with v) as a segment. Found on
+// the GPT's two blocks; bit-equal with dropout; the blocks' stage keeps less
+// than keeping everything and more than recomputing whole layers.
+TEST(StageExecutionCore, AttentionCoresRecomputeBitEqualAndKeepLess) {
+  auto m = make_example_model(spec_of({"gpt", true, 0.1}));
+  const SampleBatch batch = m.batch(2);
+  const TracedModel traced = trace(m.module, m.loss, batch);
+  const ProxyGraph proxy = build_proxy_graph(traced);
+  const auto cores = attention_cores(proxy);
+  ASSERT_EQ(cores.size(), 2u);
+  for (const auto& core : cores) {
+    EXPECT_EQ(proxy.ops[core.ops.front()].kind, "aten::matmul");
+    EXPECT_EQ(proxy.ops[core.ops.back()].kind, "aten::matmul");
+    EXPECT_NE(proxy.layers[core.layer].name.find("blocks."), std::string::npos);
+    bool softmax = false;
+    for (int op : core.ops) softmax = softmax || proxy.ops[op].kind == "aten::softmax";
+    EXPECT_TRUE(softmax);
+  }
+  const auto assignment = trine::testing::even_stages(static_cast<int>(proxy.layers.size()), 3);
+  SequentialStagedModel kept(traced, proxy, assignment), selective(traced, proxy, assignment),
+      layers(traced, proxy, assignment);
+  for (int s = 0; s < 3; ++s) {
+    selective.checkpoint_layers(s, {}, /*attention_cores=*/true);
+    std::vector<std::vector<int>> each;
+    for (int l : kept.stages()[s].layers) each.push_back({l});
+    layers.checkpoint_layers(s, each);
+  }
+  const RngPolicy rng{RngPolicy::Mode::PerOp, 11, 3};
+  StageMeasurements kept_m, selective_m, layers_m;
+  const auto loss = kept.forward_backward(batch, rng, &kept_m);
+  EXPECT_TRUE(torch::equal(loss, selective.forward_backward(batch, rng, &selective_m)));
+  layers.forward_backward(batch, rng, &layers_m);
+  kept.reduce_shared_gradients();
+  selective.reduce_shared_gradients();
+  for (const auto& p : proxy.params)
+    if (p.requires_grad) {
+      EXPECT_TRUE(torch::equal(kept.gradient(p.name), selective.gradient(p.name))) << p.name;
+    }
+  EXPECT_LT(selective_m.kept_bytes[1], kept_m.kept_bytes[1]);
+  EXPECT_GT(selective_m.kept_bytes[1], layers_m.kept_bytes[1]);
+  std::printf("blocks' stage keeps %lld bytes, %lld with attention cores recomputed, %lld with whole layers\n",
+              static_cast<long long>(kept_m.kept_bytes[1]), static_cast<long long>(selective_m.kept_bytes[1]),
+              static_cast<long long>(layers_m.kept_bytes[1]));
+}
+
 namespace {
 struct NormNetImpl : torch::nn::Module {
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};

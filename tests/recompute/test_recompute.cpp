@@ -109,18 +109,27 @@ TEST(RecomputePolicy, PoliciesChooseEachStagesSegments) {
   for (int l = 0; l < 16; ++l) names.push_back("blocks." + std::to_string(l));
   const std::vector<int> one_f_one_b = {4, 3, 2, 1};
   RecomputeSettings s;
-  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b), std::vector<StageSegments>(4));
+  for (const auto& stage : checkpointed_segments(s, stages, names, one_f_one_b)) {
+    EXPECT_TRUE(stage.layer_segments.empty());
+    EXPECT_FALSE(stage.attention_cores);
+  }
   s.policy = "full";
-  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[1], (StageSegments{{4}, {5}, {6}, {7}}));
+  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[1].layer_segments, (StageSegments{{4}, {5}, {6}, {7}}));
   s.every = 3;
-  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[2], (StageSegments{{8, 9, 10}, {11}}));
+  EXPECT_EQ(checkpointed_segments(s, stages, names, one_f_one_b)[2].layer_segments, (StageSegments{{8, 9, 10}, {11}}));
+  s = {};
+  s.policy = "selective";
+  for (const auto& stage : checkpointed_segments(s, stages, names, one_f_one_b)) {
+    EXPECT_TRUE(stage.layer_segments.empty());
+    EXPECT_TRUE(stage.attention_cores);
+  }
   s = {};
   s.policy = "layers";
   s.layers = {"blocks.1", "blocks.14", "blocks.3"};
   const auto listed = checkpointed_segments(s, stages, names, one_f_one_b);
-  EXPECT_EQ(listed[0], (StageSegments{{1}, {3}}));
-  EXPECT_TRUE(listed[1].empty());
-  EXPECT_EQ(listed[3], (StageSegments{{14}}));
+  EXPECT_EQ(listed[0].layer_segments, (StageSegments{{1}, {3}}));
+  EXPECT_TRUE(listed[1].layer_segments.empty());
+  EXPECT_EQ(listed[3].layer_segments, (StageSegments{{14}}));
   s.layers = {"blocks.99"};
   try {
     checkpointed_segments(s, stages, names, one_f_one_b);
@@ -133,12 +142,12 @@ TEST(RecomputePolicy, PoliciesChooseEachStagesSegments) {
   s.policy = "stage_aware";
   s.ratio = 0.8;  // ratios 0.8, 0.7, 0.4, 0 of 4 layers: 3, 2, 1, 0
   const auto aware = checkpointed_segments(s, stages, names, one_f_one_b);
-  EXPECT_EQ(aware[0], (StageSegments{{0}, {1}, {2}}));
-  EXPECT_EQ(aware[1], (StageSegments{{4}, {5}}));
-  EXPECT_EQ(aware[2], (StageSegments{{8}}));
-  EXPECT_TRUE(aware[3].empty());
+  EXPECT_EQ(aware[0].layer_segments, (StageSegments{{0}, {1}, {2}}));
+  EXPECT_EQ(aware[1].layer_segments, (StageSegments{{4}, {5}}));
+  EXPECT_EQ(aware[2].layer_segments, (StageSegments{{8}}));
+  EXPECT_TRUE(aware[3].layer_segments.empty());
   // The shifted critical path's stage p-2 holds 3: it recomputes as stage p-3.
-  EXPECT_EQ(checkpointed_segments(s, stages, names, {4, 3, 3, 1})[2], (StageSegments{{8}, {9}}));
+  EXPECT_EQ(checkpointed_segments(s, stages, names, {4, 3, 3, 1})[2].layer_segments, (StageSegments{{8}, {9}}));
 }
 
 TEST(RecomputePolicy, SettingsThatDoNotFitAreErrorsNamingTheKey) {
@@ -154,9 +163,7 @@ TEST(RecomputePolicy, SettingsThatDoNotFitAreErrorsNamingTheKey) {
   s.ratio = 0.5;
   EXPECT_EQ(settings_error(s), "");
   s = {};
-  s.policy = "selective";
-  EXPECT_NE(settings_error(s).find("\"selective\", which is not implemented yet"), std::string::npos);
   s.policy = "everything";
-  EXPECT_NE(settings_error(s).find("not a recomputation policy; known: \"none\", \"full\", \"layers\""),
+  EXPECT_NE(settings_error(s).find("not a recomputation policy; known: \"none\", \"full\", \"layers\", \"stage_aware\", \"selective\""),
             std::string::npos);
 }

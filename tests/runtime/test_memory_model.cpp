@@ -3,7 +3,8 @@
 // dropout runs its own instruction list (forwards, F*, R, backwards, in the
 // schedule's order, transfers left out) on its StageExecution, and the most
 // bytes it holds between instructions must be within 10% of the prediction,
-// for 1F1B and the shifted critical path under none, full and stage_aware.
+// for 1F1B and the shifted critical path under none, full, stage_aware and
+// selective.
 #include "../support/reference.h"
 #include "trine/frontend/allocation_counter.h"
 #include "trine/frontend/stage_execution.h"
@@ -96,10 +97,11 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   profile.repeats = 1;
   profile.warmup = 1;
   const CostModel costs = profile_layers(traced, proxy, batch, profile);
-  std::vector<int64_t> layer_bytes;
+  std::vector<int64_t> layer_bytes, selective_bytes;
   std::vector<std::string> names;
   for (size_t l = 0; l < proxy.layers.size(); ++l) {
     layer_bytes.push_back(costs.layers[l].activation_bytes);
+    selective_bytes.push_back(costs.layers[l].selective_activation_bytes);
     names.push_back(proxy.layers[l].name);
   }
   const int p = 4, m = 6;
@@ -115,19 +117,19 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   for (const auto& s : stages) layers_of_stage.push_back(s.layers);
 
   for (const std::string schedule : {"1f1b", "shifted_critical_path"})
-    for (const std::string policy : {"none", "full", "stage_aware"}) {
+    for (const std::string policy : {"none", "full", "stage_aware", "selective"}) {
       if (policy == "none" && find_schedule(schedule).needs_recompute) continue;
       RecomputeSettings settings;
       settings.policy = policy;
       if (policy == "stage_aware") settings.ratio = 0.8;
       auto segments = checkpointed_segments(settings, layers_of_stage, names, peak_in_flight(schedule, p, m));
-      if (find_schedule(schedule).last_stage_keeps_everything) segments.back().clear();
+      if (find_schedule(schedule).last_stage_keeps_everything) segments.back() = {};
       const auto predicted =
-          predict_activation_memory(proxy, layer_bytes, layers_of_stage, segments, schedule, m, policy);
+          predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage, segments, schedule, m, policy);
       for (int s = 0; s < p; ++s) {
         SCOPED_TRACE(schedule + " / " + policy + ", stage " + std::to_string(s) + ": " + predicted[s].why);
         StageExecution exec(stages[s], traced, proxy);
-        exec.checkpoint_layers(segments[s]);
+        exec.checkpoint_layers(segments[s].layer_segments, segments[s].attention_cores);
         const int64_t measured = measured_peak(exec, stage_schedule(schedule, p, m, s), batch, m);
         std::printf("%s %s stage %d: predicted %lld, measured %lld bytes (%+.1f%%)\n", schedule.c_str(),
                     policy.c_str(), s, static_cast<long long>(predicted[s].peak), static_cast<long long>(measured),

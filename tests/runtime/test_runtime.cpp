@@ -104,8 +104,10 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 2; }).find("tensor parallelism is not implemented yet"),
             std::string::npos);
-  EXPECT_NE(bad([](TrainConfig& c) { c.recompute.policy = "selective"; })
-                .find("config.recompute.policy is \"selective\", which is not implemented yet"),
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.recompute.policy = "selective";
+              c.recompute.ratio = 0.5;
+            }).find("config.recompute.ratio is read only by the \"stage_aware\" policy"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.recompute.policy = "al"; })
                 .find("config.recompute.policy is \"al\", not a recomputation policy; known: \"none\", \"full\""),

@@ -49,8 +49,8 @@ class SequentialStagedModel {
   // to forward_backward must then be RngPolicy::PerOp.
   void recompute_every_stage(bool on) { recompute_ = on; }
   // Checkpointed segments of layers on `stage` (StageExecution::checkpoint_layers).
-  void checkpoint_layers(int stage, const std::vector<std::vector<int>>& segments) {
-    executions_.at(stage).checkpoint_layers(segments);
+  void checkpoint_layers(int stage, const std::vector<std::vector<int>>& segments, bool attention_cores = false) {
+    executions_.at(stage).checkpoint_layers(segments, attention_cores);
   }
 
   int num_stages() const { return static_cast<int>(stages_.size()); }

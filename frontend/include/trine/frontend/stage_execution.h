@@ -16,6 +16,7 @@
 //     and returns the gradients of the received activations.
 //   - It knows nothing of ranks, schedules or communication.
 #pragma once
+#include "trine/frontend/attention_cores.h"
 #include "trine/frontend/graph_runner.h"
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/segment_checkpoint.h"
@@ -76,7 +77,10 @@ class StageExecution {
   // list is one checkpointed segment (its layers' ops run as one unit, kept
   // only as inputs and recomputed before the backward). Empty: keep all.
   // Needs RngPolicy::PerOp when a segment has random ops.
-  void checkpoint_layers(const std::vector<std::vector<int>>& segments);
+  // With `attention_cores`, the attention core of every layer not already
+  // in a segment is a segment of its own too (attention_cores.h: selective
+  // recomputation, which drops the s²-sized tensors only).
+  void checkpoint_layers(const std::vector<std::vector<int>>& segments, bool attention_cores = false);
   const std::vector<std::vector<int>>& checkpointed_layers() const { return checkpointed_layers_; }
 
   // Runs a forward that kept nothing again, with grad, from its kept inputs,
@@ -114,6 +118,7 @@ class StageExecution {
   int loss_output_ = -1;  // position of the model's output 0 among the stage outputs
   std::vector<bool> output_requires_grad_;  // per output: whether the traced graph's does
   std::vector<int> layer_of_op_;            // ProxyGraph op id -> layer
+  std::vector<AttentionCore> attention_cores_;  // of the whole model
   std::vector<std::vector<int>> checkpointed_layers_;
   CheckpointPlan checkpoints_;
   bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers

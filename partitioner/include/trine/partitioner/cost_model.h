@@ -21,6 +21,9 @@ struct LayerCost {
   double forward_s = 0;
   double backward_s = 0;
   int64_t activation_bytes = 0;  // kept per microbatch until its backward
+  // The same with the layer's attention cores recomputed (selective
+  // recomputation); -1: not measured (then estimated from the proxy graph).
+  int64_t selective_activation_bytes = -1;
   double time_s() const { return forward_s + backward_s; }
 };
 

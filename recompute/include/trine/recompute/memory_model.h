@@ -24,18 +24,23 @@ struct StageActivationMemory {
   int64_t whole = 0;       // one microbatch kept whole: the sum of its layers' kept bytes
   int64_t kept = 0;        // one microbatch after a forward under the policy
   int64_t checkpoint = 0;  // one microbatch after F*: the stage's outputs
-  int layers = 0, recomputed_layers = 0;
+  int layers = 0, recomputed_layers = 0, recomputed_cores = 0;
   int peak_in_flight = 0;  // microbatches held at once under the schedule
   int64_t peak = 0;        // most activation bytes held at once between instructions
   std::string why;         // "3 of 4 layers recomputed (stage_aware, r = 0.7); 2 microbatches in flight"
 };
 
-// `layer_bytes[l]`: what layer l keeps per microbatch with grad.
-// `segments[s]`: stage s's checkpointed segments (checkpointed_segments()).
+// `layer_bytes[l]`: what layer l keeps per microbatch with grad;
+// `layer_bytes_selective[l]`: the same with its attention cores recomputed,
+// where measured (>= 0; else, or when empty, estimated from the proxy).
+// `recompute[s]`: what stage s recomputes (checkpointed_segments()). An
+// attention core recomputed saves the bytes its ops output (the proxy's
+// analytic count) and keeps the tensors leaving it.
 std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& proxy,
                                                              const std::vector<int64_t>& layer_bytes,
+                                                             const std::vector<int64_t>& layer_bytes_selective,
                                                              const std::vector<std::vector<int>>& layers_of_stage,
-                                                             const std::vector<StageSegments>& segments,
+                                                             const std::vector<StageRecompute>& recompute,
                                                              const std::string& schedule, int microbatches,
                                                              const std::string& policy_summary);
 

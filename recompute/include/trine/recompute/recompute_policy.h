@@ -11,7 +11,8 @@
 //                microbatches each stage holds under the schedule
 //                (stage_aware_ratios_for: 1F1B's last stage none, stage p-2
 //                of the shifted critical path takes p-3's ratio)
-//   selective    the attention core (named; not implemented yet)
+//   selective    every layer's attention core (frontend/attention_cores.h):
+//                the s²-sized scores and probabilities only
 #pragma once
 #include <cstdint>
 #include <string>
@@ -43,13 +44,20 @@ struct RecomputeSettings {
 // when the settings do not fit together.
 void check_recompute_settings(const RecomputeSettings& settings, const std::string& where);
 
-// Per stage, its checkpointed segments (each a list of layer ids, in order).
+// What one stage recomputes: segments of whole layers, and (selective) the
+// attention cores of its other layers.
+using StageSegments = std::vector<std::vector<int>>;
+struct StageRecompute {
+  StageSegments layer_segments;  // each a list of layer ids, in order
+  bool attention_cores = false;
+};
+
+// Per stage, what it recomputes.
 // `layers_of_stage[s]`: stage s's layers in order; `layer_names[l]`: layer l's
 // name; `in_flight[s]`: the most microbatches stage s holds at once under
 // the schedule (read by stage_aware). Throws naming unknown layers for the
 // `layers` policy.
-using StageSegments = std::vector<std::vector<int>>;
-std::vector<StageSegments> checkpointed_segments(const RecomputeSettings& settings,
+std::vector<StageRecompute> checkpointed_segments(const RecomputeSettings& settings,
                                                  const std::vector<std::vector<int>>& layers_of_stage,
                                                  const std::vector<std::string>& layer_names,
                                                  const std::vector<int>& in_flight);

@@ -52,6 +52,7 @@ struct ExecutorOptions {
   // segment): a forward F keeps only their inputs, the backward (or an R)
   // recomputes them (StageExecution::checkpoint_layers).
   std::vector<std::vector<int>> checkpointed_layers;
+  bool checkpoint_attention_cores = false;  // selective: every other layer's attention core too
   int64_t bucket_bytes = 1 << 20;
   bool measure_memory = false;  // count the step's allocations (StepTimings::peak_bytes)
   c10::Device device = c10::kCPU;
