@@ -81,29 +81,46 @@ TrainConfig config_of(const Args& a, int m) {
   return c;
 }
 
-// Plain LibTorch: the whole global batch at once, same optimizer, clipping
-// and learning-rate schedule.
+// The references' optimizer, in plain LibTorch: the config's AdamW or SGD,
+// global-norm clipping and learning-rate schedule.
+class ReferenceOptimizer {
+ public:
+  ReferenceOptimizer(std::vector<torch::Tensor> params, const TrainConfig& c) : params_(std::move(params)), c_(c) {
+    if (c.optimizer.name == "adamw")
+      opt_ = std::make_unique<torch::optim::AdamW>(
+          params_, torch::optim::AdamWOptions(c.optimizer.lr).weight_decay(c.optimizer.weight_decay));
+    else
+      opt_ = std::make_unique<torch::optim::SGD>(params_, torch::optim::SGDOptions(c.optimizer.lr)
+                                                              .momentum(c.optimizer.momentum)
+                                                              .weight_decay(c.optimizer.weight_decay));
+  }
+  // Clips the gradients, sets step `step`'s learning rate and steps.
+  void step(int64_t step) {
+    torch::nn::utils::clip_grad_norm_(params_, c_.optimizer.grad_clip);
+    const double lr = learning_rate(c_.optimizer, c_.lr_schedule, step, c_.steps);
+    for (auto& g : opt_->param_groups()) {
+      if (c_.optimizer.name == "adamw") static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+      else static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+    }
+    opt_->step();
+  }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  const TrainConfig& c_;
+  std::unique_ptr<torch::optim::Optimizer> opt_;
+};
+
+// Plain LibTorch: the whole global batch at once.
 std::vector<double> reference_run(ExampleModel& ref, const TrainConfig& c) {
   std::vector<torch::Tensor> params;
   for (auto& p : ref.ptr->parameters())
     if (p.requires_grad()) params.push_back(p);
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (c.optimizer.name == "adamw")
-    opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.optimizer.lr)
-                                                            .weight_decay(c.optimizer.weight_decay));
-  else
-    opt = std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(c.optimizer.lr).momentum(c.optimizer.momentum).weight_decay(c.optimizer.weight_decay));
+  ReferenceOptimizer opt(params, c);
   std::vector<double> losses;
   for (int64_t step = 0; step < c.steps; ++step) {
     losses.push_back(testing::eager_step(ref, ref.batch(step)).loss);
-    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
-    const double lr = learning_rate(c.optimizer, c.lr_schedule, step, c.steps);
-    for (auto& g : opt->param_groups()) {
-      if (c.optimizer.name == "adamw") static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-      else static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
-    }
-    opt->step();
+    opt.step(step);
   }
   return losses;
 }
@@ -130,13 +147,7 @@ std::vector<double> dropout_reference_run(const Args& a, const TrainConfig& c,
   const std::vector<int> one_stage(proxy.layers.size(), 0);
   SequentialStagedModel graph(traced, std::move(proxy), one_stage);
   const auto params = graph.parameters();
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  if (c.optimizer.name == "adamw")
-    opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(c.optimizer.lr)
-                                                            .weight_decay(c.optimizer.weight_decay));
-  else
-    opt = std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(c.optimizer.lr).momentum(c.optimizer.momentum).weight_decay(c.optimizer.weight_decay));
+  ReferenceOptimizer opt(params, c);
   std::vector<double> losses;
   for (int64_t step = 0; step < c.steps; ++step) {
     graph.zero_grad();
@@ -152,13 +163,7 @@ std::vector<double> dropout_reference_run(const Args& a, const TrainConfig& c,
         if (p.grad().defined()) p.grad().div_(static_cast<double>(microbatches));
     }
     losses.push_back(loss);
-    torch::nn::utils::clip_grad_norm_(params, c.optimizer.grad_clip);
-    const double lr = learning_rate(c.optimizer, c.lr_schedule, step, c.steps);
-    for (auto& group : opt->param_groups()) {
-      if (c.optimizer.name == "adamw") static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      else static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
-    }
-    opt->step();
+    opt.step(step);
   }
   for (const auto& p : model.ptr->named_parameters()) parameters[p.key()] = graph.parameter(p.key()).detach().clone();
   return losses;
