@@ -40,6 +40,8 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
   cmd->add_option("--recompute-ratio", a.recompute.ratio, "stage_aware: the first stage's share of recomputed layers");
   cmd->add_option("--recompute-layers", a.recompute.layers, "layers: the layer names to recompute (comma-separated)")
       ->delimiter(',');
+  cmd->add_option("--recompute-memory-limit", a.recompute.memory_limit_bytes,
+                  "stage_aware: each stage's activation budget in bytes (instead of a ratio)");
 }
 
 StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a, CostModel* costs_out) {
@@ -75,27 +77,28 @@ namespace {
 void print_activation_memory(const ProxyGraph& proxy, const CostModel& costs, const StagePlan& plan,
                              const RecomputeSettings& recompute) {
   const auto stage_of_layer = plan.stage_of_layer(proxy);
-  std::vector<std::vector<int>> layers_of_stage(plan.num_stages());
-  for (size_t l = 0; l < stage_of_layer.size(); ++l) layers_of_stage[stage_of_layer[l]].push_back(static_cast<int>(l));
-  std::vector<std::string> names;
-  std::vector<int64_t> bytes, selective_bytes;
-  for (size_t l = 0; l < proxy.layers.size(); ++l) {
-    names.push_back(proxy.layers[l].name);
-    bytes.push_back(costs.layers[l].activation_bytes);
-    selective_bytes.push_back(costs.layers[l].selective_activation_bytes);
+  PipelineRecomputeInputs in;
+  in.proxy = &proxy;
+  in.layers_of_stage.resize(plan.num_stages());
+  for (size_t l = 0; l < stage_of_layer.size(); ++l) in.layers_of_stage[stage_of_layer[l]].push_back(static_cast<int>(l));
+  for (const LayerCost& c : costs.layers) {
+    in.layer_bytes.push_back(c.activation_bytes);
+    in.layer_bytes_selective.push_back(c.selective_activation_bytes);
   }
-  const int p = plan.num_stages();
-  const int m = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : p;
-  const ScheduleSpec& schedule = find_schedule(plan.pipeline.schedule);
-  auto segments = checkpointed_segments(recompute, layers_of_stage, names, peak_in_flight(schedule.name, p, m));
-  if (schedule.last_stage_keeps_everything) segments.back() = {};
+  in.schedule = plan.pipeline.schedule;
+  in.microbatches = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : plan.num_stages();
+  const auto recompute_plan = recompute_for_pipeline(recompute, in);
   std::string policy = recompute.policy;
-  if (recompute.policy == "stage_aware") policy += ", r0 = " + std::to_string(recompute.ratio).substr(0, 4);
+  if (recompute.policy == "stage_aware" && recompute.memory_limit_bytes > 0)
+    policy += ", limit " + std::to_string(recompute.memory_limit_bytes) + " B";
+  else if (recompute.policy == "stage_aware")
+    policy += ", r0 = " + std::to_string(recompute.ratio).substr(0, 4);
   if (recompute.policy == "full" && recompute.every > 1) policy += ", every " + std::to_string(recompute.every);
-  std::cout << "activation memory per stage, recompute " << policy << ", " << schedule.name << ", m = " << m << ":\n"
-            << activation_memory_table(
-                   predict_activation_memory(proxy, bytes, selective_bytes, layers_of_stage, segments, schedule.name, m,
-                                             policy));
+  std::cout << "activation memory per stage, recompute " << policy << ", " << in.schedule << ", m = " << in.microbatches
+            << ":\n"
+            << activation_memory_table(predict_activation_memory(proxy, in.layer_bytes, in.layer_bytes_selective,
+                                                                 in.layers_of_stage, recompute_plan, in.schedule,
+                                                                 in.microbatches, policy));
 }
 
 }  // namespace

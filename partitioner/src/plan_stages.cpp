@@ -77,7 +77,12 @@ StagePlan plan_stages(const ProxyGraph& proxy, const CostModel& costs, const std
   TORCH_CHECK(method == "manual" || options.manual_starts.empty(), "stage starts were given, but method '", method,
               "' does not take them; use the manual method");
   const auto stage_of = make_partition_method(method)->assign(graph, options);
-  return make_stage_plan(proxy, graph, stage_of, options, method, costs.source);
+  StagePlan plan = make_stage_plan(proxy, graph, stage_of, options, method, costs.source);
+  for (const LayerCost& c : costs.layers) {
+    plan.layer_activation_bytes.push_back(c.activation_bytes);
+    plan.layer_selective_bytes.push_back(c.selective_activation_bytes);
+  }
+  return plan;
 }
 
 }  // namespace trine

@@ -60,6 +60,8 @@ json StagePlan::to_json() const {
           {"microbatches", pipeline.microbatches},
           {"memory_limit_bytes", memory_limit_bytes},
           {"num_layers", num_layers},
+          {"layer_activation_bytes", layer_activation_bytes},
+          {"layer_selective_bytes", layer_selective_bytes},
           {"stages", st},
           // For readers; recomputed from the stages, ignored when loading.
           {"summary",
@@ -81,6 +83,8 @@ StagePlan StagePlan::from_json(const json& j) {
   p.pipeline.microbatches = r.required<int>("microbatches");
   p.memory_limit_bytes = r.required<int64_t>("memory_limit_bytes");
   p.num_layers = r.required<int>("num_layers");
+  p.layer_activation_bytes = r.get("layer_activation_bytes", std::vector<int64_t>{});
+  p.layer_selective_bytes = r.get("layer_selective_bytes", std::vector<int64_t>{});
   r.object("summary");  // for readers; recomputed from the stages
   TORCH_CHECK(r.has("stages"), "the plan has no 'stages', which is required");
   auto stages = r.objects("stages");

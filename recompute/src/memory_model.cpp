@@ -3,6 +3,7 @@
 #include "trine/frontend/attention_cores.h"
 #include "trine/schedules/schedule_checker.h"
 #include "trine/schedules/schedule_registry.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <c10/util/Exception.h>
 
@@ -113,6 +114,71 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
         << m.peak_in_flight << " microbatch" << (m.peak_in_flight == 1 ? "" : "es") << " in flight under "
         << schedule;
     m.why = why.str();
+  }
+  return out;
+}
+
+namespace {
+
+std::vector<StageRecompute> fit_memory_limit(int64_t limit, const PipelineRecomputeInputs& in) {
+  const int p = static_cast<int>(in.layers_of_stage.size());
+  size_t most = 0;
+  for (const auto& layers : in.layers_of_stage) most = std::max(most, layers.size());
+  std::vector<StageRecompute> chosen(p);
+  std::vector<bool> fits(p, false);
+  std::vector<int64_t> last_peak(p, 0);
+  // A stage's peak depends on its own costs only: try n = 0, 1, ... first
+  // layers on every stage at once and keep, per stage, the first n that fits.
+  for (size_t n = 0; n <= most; ++n) {
+    std::vector<StageRecompute> trial(p);
+    for (int s = 0; s < p; ++s) {
+      const auto& layers = in.layers_of_stage[s];
+      for (size_t k = 0; k < std::min(n, layers.size()); ++k) trial[s].layer_segments.push_back({layers[k]});
+    }
+    const auto memory = predict_activation_memory(*in.proxy, in.layer_bytes, in.layer_bytes_selective,
+                                                  in.layers_of_stage, trial, in.schedule, in.microbatches, "trial");
+    for (int s = 0; s < p; ++s) {
+      last_peak[s] = memory[s].peak;
+      if (!fits[s] && memory[s].peak <= limit) {
+        fits[s] = true;
+        chosen[s] = trial[s];
+      }
+    }
+  }
+  for (int s = 0; s < p; ++s)
+    TORCH_CHECK(fits[s], "stage ", s, " holds ", last_peak[s], " bytes of activations at its peak under ", in.schedule,
+                " even recomputing every layer, more than config.recompute.memory_limit_bytes = ", limit,
+                "; raise the limit, use more pipeline stages or fewer microbatches in flight");
+  return chosen;
+}
+
+}  // namespace
+
+std::vector<StageRecompute> recompute_for_pipeline(const RecomputeSettings& settings,
+                                                   const PipelineRecomputeInputs& in) {
+  TORCH_CHECK(in.proxy, "recompute_for_pipeline needs the proxy graph");
+  const int p = static_cast<int>(in.layers_of_stage.size());
+  const ScheduleSpec& schedule = find_schedule(in.schedule);
+  std::vector<StageRecompute> out;
+  if (settings.policy == "stage_aware" && settings.memory_limit_bytes > 0) {
+    out = fit_memory_limit(settings.memory_limit_bytes, in);
+  } else {
+    std::vector<std::string> names;
+    for (const auto& layer : in.proxy->layers) names.push_back(layer.name);
+    out = checkpointed_segments(settings, in.layers_of_stage, names,
+                                peak_in_flight(schedule.name, p, in.microbatches));
+  }
+  // Its backward follows its forward at once: recomputing there only adds work.
+  if (schedule.last_stage_keeps_everything && !out.empty()) {
+    out.back() = {};
+    if (settings.memory_limit_bytes > 0) {
+      const auto memory = predict_activation_memory(*in.proxy, in.layer_bytes, in.layer_bytes_selective,
+                                                    in.layers_of_stage, out, in.schedule, in.microbatches, "");
+      TORCH_CHECK(memory.back().peak <= settings.memory_limit_bytes, "the last stage keeps every activation under ",
+                  in.schedule, " and then holds ", memory.back().peak, " bytes, more than ",
+                  "config.recompute.memory_limit_bytes = ", settings.memory_limit_bytes,
+                  "; raise the limit or use 1f1b or pre_recompute_1f1b");
+    }
   }
   return out;
 }

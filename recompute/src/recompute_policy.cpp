@@ -47,8 +47,14 @@ void check_recompute_settings(const RecomputeSettings& s, const std::string& whe
               ".layers: the names of the layers to recompute (`trine plan` lists them)");
   TORCH_CHECK(s.ratio == 0 || s.policy == "stage_aware", where, ".ratio is read only by the \"stage_aware\" policy; "
               "the policy is \"", s.policy, "\"");
-  TORCH_CHECK(s.policy != "stage_aware" || (s.ratio > 0 && s.ratio <= 1), where, ".policy \"stage_aware\" needs ",
-              where, ".ratio in (0, 1]: the share of the first stage's layers to recompute; got ", s.ratio);
+  TORCH_CHECK(s.memory_limit_bytes >= 0, where, ".memory_limit_bytes cannot be negative");
+  TORCH_CHECK(s.memory_limit_bytes == 0 || s.policy == "stage_aware", where, ".memory_limit_bytes is read only by "
+              "the \"stage_aware\" policy; the policy is \"", s.policy, "\"");
+  TORCH_CHECK(s.policy != "stage_aware" || s.memory_limit_bytes > 0 || (s.ratio > 0 && s.ratio <= 1), where,
+              ".policy \"stage_aware\" needs ", where, ".ratio in (0, 1] (the share of the first stage's layers to "
+              "recompute; got ", s.ratio, ") or ", where, ".memory_limit_bytes (each stage's activation budget)");
+  TORCH_CHECK(s.ratio == 0 || s.memory_limit_bytes == 0, where, ".ratio and ", where,
+              ".memory_limit_bytes are two ways to choose stage_aware's layers: give one");
 }
 
 namespace {
@@ -98,6 +104,8 @@ std::vector<StageRecompute> checkpointed_segments(const RecomputeSettings& s,
       out[st].layer_segments = each_of(chosen);
     }
   } else if (s.policy == "stage_aware") {
+    TORCH_CHECK(s.memory_limit_bytes == 0, "config.recompute.memory_limit_bytes needs the memory model: "
+                "use recompute_for_pipeline (memory_model.h)");
     TORCH_CHECK(static_cast<int>(in_flight.size()) == p, "in-flight counts for ", in_flight.size(),
                 " stages, the pipeline has ", p);
     const auto ratios = stage_aware_ratios_for(in_flight, s.ratio);

@@ -57,6 +57,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.recompute.every = p.get("every", c.recompute.every);
     c.recompute.layers = p.get("layers", c.recompute.layers);
     c.recompute.ratio = p.get("ratio", c.recompute.ratio);
+    c.recompute.memory_limit_bytes = p.get("memory_limit_bytes", c.recompute.memory_limit_bytes);
     p.finish();
   }
   c.steps = r.get("steps", c.steps);

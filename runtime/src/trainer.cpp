@@ -6,6 +6,7 @@
 #include "trine/partitioner/cost_model.h"
 #include "trine/partitioner/profiler.h"
 #include "trine/partitioner/stage_plan.h"
+#include "trine/recompute/memory_model.h"
 #include "trine/recompute/recompute_policy.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/distributed_session.h"
@@ -312,16 +313,18 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
 }
 
 std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
-  const ScheduleSpec& schedule = find_schedule(plan->pipeline.schedule);
-  std::vector<std::vector<int>> layers_of_stage;
-  for (const auto& s : stages) layers_of_stage.push_back(s.layers);
-  std::vector<std::string> names;
-  for (const auto& layer : proxy.layers) names.push_back(layer.name);
-  auto segments = checkpointed_segments(config.recompute, layers_of_stage, names,
-                                        peak_in_flight(schedule.name, config.parallel.pp, plan->pipeline.microbatches));
-  // Its backward follows its forward at once: recomputing there only adds work.
-  if (schedule.last_stage_keeps_everything) segments.back() = {};
-  return segments;
+  PipelineRecomputeInputs in;
+  in.proxy = &proxy;
+  if (plan->layer_activation_bytes.size() == proxy.layers.size()) {
+    in.layer_bytes = plan->layer_activation_bytes;
+    in.layer_bytes_selective = plan->layer_selective_bytes;
+  } else {  // a plan file without them: the analytic estimate, the same on every rank
+    for (const LayerCost& c : analytic_costs(proxy).layers) in.layer_bytes.push_back(c.activation_bytes);
+  }
+  for (const auto& s : stages) in.layers_of_stage.push_back(s.layers);
+  in.schedule = plan->pipeline.schedule;
+  in.microbatches = plan->pipeline.microbatches;
+  return recompute_for_pipeline(config.recompute, in);
 }
 
 void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups,

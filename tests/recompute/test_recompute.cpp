@@ -162,6 +162,13 @@ TEST(RecomputePolicy, SettingsThatDoNotFitAreErrorsNamingTheKey) {
   EXPECT_NE(settings_error(s).find("needs config.recompute.ratio in (0, 1]"), std::string::npos);
   s.ratio = 0.5;
   EXPECT_EQ(settings_error(s), "");
+  s.memory_limit_bytes = 1 << 20;
+  EXPECT_NE(settings_error(s).find("are two ways to choose stage_aware's layers: give one"), std::string::npos);
+  s.ratio = 0;
+  EXPECT_EQ(settings_error(s), "");
+  s.policy = "full";
+  EXPECT_NE(settings_error(s).find("config.recompute.memory_limit_bytes is read only by the \"stage_aware\" policy"),
+            std::string::npos);
   s = {};
   s.policy = "everything";
   EXPECT_NE(settings_error(s).find("not a recomputation policy; known: \"none\", \"full\", \"layers\", \"stage_aware\", \"selective\""),

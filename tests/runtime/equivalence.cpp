@@ -40,6 +40,7 @@ struct Args {
   std::string recompute = "none";   // config.recompute.policy of trine's run (the reference keeps everything)
   double dropout = 0;               // > 0: the reference is trine's graph on one process (see above)
   double recompute_ratio = 0;       // config.recompute.ratio (stage_aware)
+  int64_t recompute_memory_limit = 0;  // config.recompute.memory_limit_bytes (stage_aware)
   int recompute_every = 1;          // config.recompute.every (full)
   std::vector<std::string> recompute_layers;  // config.recompute.layers (layers)
 };
@@ -76,6 +77,7 @@ TrainConfig config_of(const Args& a, int m) {
   c.device = a.device;
   c.recompute.policy = a.recompute;
   c.recompute.ratio = a.recompute_ratio;
+  c.recompute.memory_limit_bytes = a.recompute_memory_limit;
   c.recompute.every = a.recompute_every;
   c.recompute.layers = a.recompute_layers;
   return c;
@@ -188,6 +190,7 @@ int main(int argc, char** argv) {
   app.add_option("--recompute", a.recompute);
   app.add_option("--dropout", a.dropout);
   app.add_option("--recompute-ratio", a.recompute_ratio);
+  app.add_option("--recompute-memory-limit", a.recompute_memory_limit);
   app.add_option("--recompute-every", a.recompute_every);
   app.add_option("--recompute-layers", a.recompute_layers)->delimiter(',');
   app.add_option("--die-rank", a.die_rank);

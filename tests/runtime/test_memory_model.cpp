@@ -4,7 +4,8 @@
 // schedule's order, transfers left out) on its StageExecution, and the most
 // bytes it holds between instructions must be within 10% of the prediction,
 // for 1F1B and the shifted critical path under none, full, stage_aware and
-// selective.
+// selective, and stage_aware by memory limit (full recomputation's most
+// loaded stage as the budget: every stage fits it, recomputing fewer layers).
 #include "../support/reference.h"
 #include "trine/frontend/allocation_counter.h"
 #include "trine/frontend/stage_execution.h"
@@ -116,27 +117,59 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   std::vector<std::vector<int>> layers_of_stage;
   for (const auto& s : stages) layers_of_stage.push_back(s.layers);
 
-  for (const std::string schedule : {"1f1b", "shifted_critical_path"})
-    for (const std::string policy : {"none", "full", "stage_aware", "selective"}) {
-      if (policy == "none" && find_schedule(schedule).needs_recompute) continue;
-      RecomputeSettings settings;
-      settings.policy = policy;
-      if (policy == "stage_aware") settings.ratio = 0.8;
-      auto segments = checkpointed_segments(settings, layers_of_stage, names, peak_in_flight(schedule, p, m));
-      if (find_schedule(schedule).last_stage_keeps_everything) segments.back() = {};
+  PipelineRecomputeInputs in;
+  in.proxy = &proxy;
+  in.layer_bytes = layer_bytes;
+  in.layer_bytes_selective = selective_bytes;
+  in.layers_of_stage = layers_of_stage;
+  in.microbatches = m;
+  for (const std::string schedule : {"1f1b", "shifted_critical_path"}) {
+    in.schedule = schedule;
+    // Full recomputation's most loaded stage sets the budget of stage_aware by memory limit.
+    RecomputeSettings full;
+    full.policy = "full";
+    int64_t full_peak = 0;
+    int full_layers = 0;
+    for (const auto& row : predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage,
+                                                     recompute_for_pipeline(full, in), schedule, m, "full")) {
+      full_peak = std::max(full_peak, row.peak);
+      full_layers += row.recomputed_layers;
+    }
+    std::vector<RecomputeSettings> policies(5);
+    policies[0].policy = "none";
+    policies[1].policy = "full";
+    policies[2].policy = "stage_aware";
+    policies[2].ratio = 0.8;
+    policies[3].policy = "selective";
+    policies[4].policy = "stage_aware";
+    policies[4].memory_limit_bytes = full_peak;
+    for (const RecomputeSettings& settings : policies) {
+      const std::string policy = settings.policy + (settings.memory_limit_bytes ? " (limit)" : "");
+      if (settings.policy == "none" && find_schedule(schedule).needs_recompute) continue;
+      const auto plan = recompute_for_pipeline(settings, in);
       const auto predicted =
-          predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage, segments, schedule, m, policy);
+          predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage, plan, schedule, m, policy);
+      int recomputed_layers = 0;
       for (int s = 0; s < p; ++s) {
         SCOPED_TRACE(schedule + " / " + policy + ", stage " + std::to_string(s) + ": " + predicted[s].why);
         StageExecution exec(stages[s], traced, proxy);
-        exec.checkpoint_layers(segments[s].layer_segments, segments[s].attention_cores);
+        exec.checkpoint_layers(plan[s].layer_segments, plan[s].attention_cores);
         const int64_t measured = measured_peak(exec, stage_schedule(schedule, p, m, s), batch, m);
         std::printf("%s %s stage %d: predicted %lld, measured %lld bytes (%+.1f%%)\n", schedule.c_str(),
                     policy.c_str(), s, static_cast<long long>(predicted[s].peak), static_cast<long long>(measured),
                     100.0 * (measured - predicted[s].peak) / std::max<int64_t>(1, predicted[s].peak));
         EXPECT_NEAR(static_cast<double>(measured), static_cast<double>(predicted[s].peak), 0.1 * predicted[s].peak);
+        recomputed_layers += predicted[s].recomputed_layers;
+        if (settings.memory_limit_bytes) {
+          EXPECT_LE(predicted[s].peak, settings.memory_limit_bytes);
+        }
+      }
+      // Within full recomputation's peak, recomputing fewer layers than full.
+      if (settings.memory_limit_bytes) {
+        EXPECT_LT(recomputed_layers, full_layers);
       }
     }
+  }
 }
 
 }  // namespace

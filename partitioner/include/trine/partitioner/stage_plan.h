@@ -45,6 +45,10 @@ class StagePlan {
   PipelineShape pipeline;
   int64_t memory_limit_bytes = 0;  // 0: none
   int num_layers = 0;              // of the model it was made for
+  // Per layer of the model: activation bytes kept per microbatch, and with its
+  // attention cores recomputed (-1: not measured), from the costs the plan was
+  // made with (the recomputation planner reads them on every rank).
+  std::vector<int64_t> layer_activation_bytes, layer_selective_bytes;
   std::vector<PlanStage> stages;
 
   int num_stages() const { return static_cast<int>(stages.size()); }

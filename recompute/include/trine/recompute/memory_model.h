@@ -44,6 +44,24 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
                                                              const std::string& schedule, int microbatches,
                                                              const std::string& policy_summary);
 
+// Everything choosing a pipeline's recomputation needs.
+struct PipelineRecomputeInputs {
+  const ProxyGraph* proxy = nullptr;
+  std::vector<int64_t> layer_bytes, layer_bytes_selective;  // as above
+  std::vector<std::vector<int>> layers_of_stage;
+  std::string schedule;
+  int microbatches = 1;
+};
+
+// What every stage recomputes under `settings` (the one place the trainer and
+// `trine plan` get it from): checkpointed_segments() with the schedule's
+// in-flight counts, or, for stage_aware with memory_limit_bytes, each stage's
+// fewest first layers whose predicted peak fits the limit (an error names a
+// stage that does not fit even recomputing every layer). The last stage keeps
+// everything under schedules that say so.
+std::vector<StageRecompute> recompute_for_pipeline(const RecomputeSettings& settings,
+                                                   const PipelineRecomputeInputs& in);
+
 // One row per stage: whole, kept and F* bytes per microbatch, in flight, peak, why.
 std::string activation_memory_table(const std::vector<StageActivationMemory>& stages);
 

@@ -10,7 +10,9 @@
 //                floor(n_i * r_i) layers, r_i from `ratio` (r0) and the
 //                microbatches each stage holds under the schedule
 //                (stage_aware_ratios_for: 1F1B's last stage none, stage p-2
-//                of the shifted critical path takes p-3's ratio)
+//                of the shifted critical path takes p-3's ratio); or, with
+//                `memory_limit_bytes`, the fewest first layers that keep each
+//                stage's predicted peak within it (memory_model.h)
 //   selective    every layer's attention core (frontend/attention_cores.h):
 //                the s²-sized scores and probabilities only
 #pragma once
@@ -38,6 +40,7 @@ struct RecomputeSettings {
   int every = 1;                    // full: layers per checkpointed segment
   std::vector<std::string> layers;  // layers: the layer names to recompute
   double ratio = 0;                 // stage_aware: r0, the first stage's share of recomputed layers
+  int64_t memory_limit_bytes = 0;   // stage_aware instead of ratio: each stage's activation budget
 };
 
 // Throws naming the key (prefixed by `where`, "config.recompute") and the fix
