@@ -4,7 +4,6 @@
 #include "model_options.h"
 
 #include "trine/frontend/proxy_graph.h"
-#include "trine/partitioner/cost_model.h"
 #include "trine/partitioner/stage_plan.h"
 #include "trine/recompute/recompute_policy.h"
 
@@ -32,9 +31,7 @@ struct PlanArgs {
   RecomputeSettings recompute;      // the activation memory table's policy
 };
 void add_plan_options(CLI::App* cmd, PlanArgs& args);
-// `costs`, if given, receives the layer costs the plan was made from.
-StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args,
-                    CostModel* costs = nullptr);
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& args);
 
 struct InspectArgs {
   ModelArgs model;

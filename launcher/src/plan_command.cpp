@@ -44,7 +44,7 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
                   "stage_aware: each stage's activation budget in bytes (instead of a ratio)");
 }
 
-StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a, CostModel* costs_out) {
+StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const PlanArgs& a) {
   PlanOptions o;
   o.stages = a.stages;
   o.memory_limit_bytes = a.memory_limit.empty() ? 0 : parse_bytes(a.memory_limit, "--memory-limit");
@@ -66,7 +66,6 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
     costs = analytic_costs(proxy, an);
   }
   if (a.show_costs) std::cout << layer_cost_table(proxy, costs) << "\n";
-  if (costs_out) *costs_out = costs;
   return plan_stages(proxy, costs, a.method, o);
 }
 
@@ -74,17 +73,14 @@ namespace {
 
 // Per stage, what one microbatch keeps under the recompute policy and the
 // most the stage holds at once under the plan's schedule.
-void print_activation_memory(const ProxyGraph& proxy, const CostModel& costs, const StagePlan& plan,
-                             const RecomputeSettings& recompute) {
+void print_activation_memory(const ProxyGraph& proxy, const StagePlan& plan, const RecomputeSettings& recompute) {
   const auto stage_of_layer = plan.stage_of_layer(proxy);
   PipelineRecomputeInputs in;
   in.proxy = &proxy;
   in.layers_of_stage.resize(plan.num_stages());
   for (size_t l = 0; l < stage_of_layer.size(); ++l) in.layers_of_stage[stage_of_layer[l]].push_back(static_cast<int>(l));
-  for (const LayerCost& c : costs.layers) {
-    in.layer_bytes.push_back(c.activation_bytes);
-    in.layer_bytes_selective.push_back(c.selective_activation_bytes);
-  }
+  in.layer_bytes = plan.layer_activation_bytes;  // the costs the plan was made with
+  in.layer_bytes_selective = plan.layer_selective_bytes;
   in.schedule = plan.pipeline.schedule;
   in.microbatches = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : plan.num_stages();
   const auto recompute_plan = recompute_for_pipeline(recompute, in);
@@ -115,10 +111,9 @@ int run_plan(const PlanCommandArgs& args) {
   const ProxyGraph proxy = build_proxy_graph(model.traced);
   std::cout << "model: " << proxy.description << ", " << proxy.layers.size() << " layers\n";
   if (model.stand_in_loss) std::cout << "(TorchScript: the sum of its outputs stands in for a loss)\n";
-  CostModel costs;
-  const StagePlan plan = make_plan(model, proxy, args.plan, &costs);
+  const StagePlan plan = make_plan(model, proxy, args.plan);
   std::cout << plan.table();
-  print_activation_memory(proxy, costs, plan, args.plan.recompute);
+  print_activation_memory(proxy, plan, args.plan.recompute);
   if (!args.plan.out.empty()) {
     plan.save(args.plan.out);
     std::cout << "plan written to " << args.plan.out << "\n";

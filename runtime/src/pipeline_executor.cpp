@@ -113,9 +113,12 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
                                   const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
-  auto counter = std::make_shared<AllocationCounter>();
+  std::shared_ptr<AllocationCounter> counter;
   std::optional<AllocationCounting> counting;
-  if (options_.measure_memory) counting.emplace(counter);
+  if (options_.measure_memory) {
+    counter = std::make_shared<AllocationCounter>();
+    counting.emplace(counter);
+  }
   buffers_->begin_step();
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
@@ -157,7 +160,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
-  timings_.peak_bytes = counter->peak();
+  if (counter) timings_.peak_bytes = counter->peak();
 }
 
 void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint) {
