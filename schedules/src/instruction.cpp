@@ -4,9 +4,15 @@
 
 namespace trine {
 
+namespace {
+
+std::string chunk_suffix(int chunk) { return chunk ? "@" + std::to_string(chunk) : ""; }
+
+}  // namespace
+
 std::string to_string(const Transfer& t) {
   static const char* names[] = {"sA", "rA", "sG", "rG"};
-  return names[static_cast<int>(t.kind)] + std::to_string(t.microbatch);
+  return names[static_cast<int>(t.kind)] + std::to_string(t.microbatch) + chunk_suffix(t.chunk);
 }
 
 namespace {
@@ -20,12 +26,12 @@ std::string to_string(const std::vector<Transfer>& batch) {
 }  // namespace
 
 std::string to_string(const Instruction& i) {
+  const std::string mb = std::to_string(i.microbatch) + chunk_suffix(i.chunk);
   switch (i.op) {
-    case Instruction::Op::Forward: return "F" + std::to_string(i.microbatch);
-    case Instruction::Op::ForwardCheckpoint: return "F*" + std::to_string(i.microbatch);
-    case Instruction::Op::Recompute:
-      return "R" + std::to_string(i.microbatch) + (i.transfers.empty() ? "" : "+" + to_string(i.transfers));
-    case Instruction::Op::Backward: return "B" + std::to_string(i.microbatch);
+    case Instruction::Op::Forward: return "F" + mb;
+    case Instruction::Op::ForwardCheckpoint: return "F*" + mb;
+    case Instruction::Op::Recompute: return "R" + mb + (i.transfers.empty() ? "" : "+" + to_string(i.transfers));
+    case Instruction::Op::Backward: return "B" + mb;
     case Instruction::Op::ReduceGrads: return "reduce";
     case Instruction::Op::OptimizerStep: return "step";
     case Instruction::Op::Communicate: return to_string(i.transfers);

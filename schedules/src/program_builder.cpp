@@ -12,20 +12,21 @@ void check_pipeline_shape(int stages, int microbatches, int stage) {
   TORCH_CHECK(stage >= 0 && stage < stages, "stage ", stage, " is outside the pipeline's ", stages, " stages");
 }
 
-ProgramBuilder::ProgramBuilder(int stages, int stage) : first_(stage == 0), last_(stage == stages - 1) {}
+ProgramBuilder::ProgramBuilder(int ranks, int rank, int chunks) : ranks_(ranks), rank_(rank), chunks_(chunks) {}
 
-bool ProgramBuilder::possible(Kind kind) const {
+bool ProgramBuilder::possible(Kind kind, int chunk) const {
+  const int stage = stage_of_chunk(chunk, rank_, ranks_);
   const bool upstream = kind == Kind::RecvAct || kind == Kind::SendGrad;
-  return !(upstream ? first_ : last_);
+  return upstream ? stage > 0 : stage < ranks_ * chunks_ - 1;
 }
 
-ProgramBuilder& ProgramBuilder::transfer(Kind kind, int mb) {
-  if (!possible(kind)) return *this;
+ProgramBuilder& ProgramBuilder::transfer(Kind kind, int mb, int chunk) {
+  if (!possible(kind, chunk)) return *this;
   if (!open_) {
     program_.push_back(Instruction::communicate({}));
     open_ = true;
   }
-  program_.back().transfers.push_back({kind, mb});
+  program_.back().transfers.push_back({kind, mb, chunk});
   return *this;
 }
 

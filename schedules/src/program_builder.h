@@ -14,9 +14,11 @@ void check_pipeline_shape(int stages, int microbatches, int stage);
 // left out, and transfers added back to back share one Communicate batch.
 class ProgramBuilder {
  public:
-  ProgramBuilder(int stages, int stage);
+  // Pipeline rank `rank` of `ranks`, holding `chunks` model chunks (one
+  // without interleaving: then ranks are stages).
+  ProgramBuilder(int ranks, int rank, int chunks = 1);
 
-  ProgramBuilder& transfer(Transfer::Kind kind, int mb);
+  ProgramBuilder& transfer(Transfer::Kind kind, int mb, int chunk = 0);
   ProgramBuilder& compute(Instruction i);
   // R of `mb` overlapping the receive of its gradient ("R5+rG5").
   ProgramBuilder& recompute_while_receiving_grad(int mb);
@@ -26,8 +28,8 @@ class ProgramBuilder {
   std::vector<Instruction> finish();
 
  private:
-  bool possible(Transfer::Kind kind) const;
-  bool first_, last_;
+  bool possible(Transfer::Kind kind, int chunk = 0) const;
+  int ranks_, rank_, chunks_;
   bool open_ = false;
   std::vector<Instruction> program_;
 };

@@ -138,7 +138,8 @@ TEST(Schedules, CheckerNamesBrokenSchedules) {
 // The registry is the one list of schedules: names, summaries, generators,
 // and the in-flight counts the partitioner uses come from the checker.
 TEST(Schedules, RegistryNamesEveryScheduleOnceAndMeasuresItsMemory) {
-  EXPECT_EQ(schedule_names(), (std::vector<std::string>{"1f1b", "gpipe", "pre_recompute_1f1b", "last_no_recompute_1f1b",
+  EXPECT_EQ(schedule_names(), (std::vector<std::string>{"1f1b", "gpipe", "interleaved_1f1b", "pre_recompute_1f1b",
+                                                     "last_no_recompute_1f1b",
                                                      "shifted_critical_path"}));
   for (const auto& spec : registered_schedules()) EXPECT_FALSE(spec.summary.empty()) << spec.name;
   EXPECT_EQ(peak_in_flight("1f1b", 4, 8), (std::vector<int>{4, 3, 2, 1}));

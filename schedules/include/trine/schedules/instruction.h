@@ -7,15 +7,24 @@
 
 namespace trine {
 
-// One point-to-point transfer of one microbatch, named from the stage's side.
-// Which peers it involves comes from the stage topology: SendAct goes to every
-// stage that reads this stage's outputs, RecvAct comes from every stage this
-// one reads from, and gradients flow the other way.
+// A rank runs one stage of the plan, or, under an interleaved schedule with
+// v virtual stages, v of them: its model chunks. Chunk c of pipeline rank r
+// is plan stage c·p + r (p pipeline ranks), so chunk 0 is stage r itself.
+inline int stage_of_chunk(int chunk, int rank, int ranks) { return chunk * ranks + rank; }
+
+// One point-to-point transfer of one microbatch, named from the side of the
+// stage `chunk` is on this rank. Which peers it involves comes from the stage
+// topology: SendAct goes to every stage that reads this stage's outputs,
+// RecvAct comes from every stage this one reads from, and gradients flow the
+// other way.
 struct Transfer {
   enum class Kind { SendAct, RecvAct, SendGrad, RecvGrad };
   Kind kind = Kind::SendAct;
   int microbatch = 0;
-  bool operator==(const Transfer& o) const { return kind == o.kind && microbatch == o.microbatch; }
+  int chunk = 0;
+  bool operator==(const Transfer& o) const {
+    return kind == o.kind && microbatch == o.microbatch && chunk == o.chunk;
+  }
 };
 
 struct Instruction {
@@ -36,15 +45,16 @@ struct Instruction {
   int microbatch = -1;              // Forward, ForwardCheckpoint, Recompute, Backward
   std::vector<Transfer> transfers;  // Communicate, Recompute: one batch, so ordering
                                     // between the transfers of a batch cannot deadlock
+  int chunk = 0;                    // Forward .. Backward: which of the rank's stages runs
 
-  static Instruction forward(int mb) { return {Op::Forward, mb, {}}; }
-  static Instruction forward_checkpoint(int mb) { return {Op::ForwardCheckpoint, mb, {}}; }
+  static Instruction forward(int mb, int chunk = 0) { return {Op::Forward, mb, {}, chunk}; }
+  static Instruction forward_checkpoint(int mb, int chunk = 0) { return {Op::ForwardCheckpoint, mb, {}, chunk}; }
   // The recompute runs while `overlapped` (typically the gradient it waits
   // for) is in flight: "R5+rG5" in Merak's notation.
-  static Instruction recompute(int mb, std::vector<Transfer> overlapped = {}) {
-    return {Op::Recompute, mb, std::move(overlapped)};
+  static Instruction recompute(int mb, std::vector<Transfer> overlapped = {}, int chunk = 0) {
+    return {Op::Recompute, mb, std::move(overlapped), chunk};
   }
-  static Instruction backward(int mb) { return {Op::Backward, mb, {}}; }
+  static Instruction backward(int mb, int chunk = 0) { return {Op::Backward, mb, {}, chunk}; }
   static Instruction communicate(std::vector<Transfer> t) { return {Op::Communicate, -1, std::move(t)}; }
   static Instruction reduce_grads() { return {Op::ReduceGrads, -1, {}}; }
   static Instruction optimizer_step() { return {Op::OptimizerStep, -1, {}}; }
@@ -55,7 +65,8 @@ inline bool is_forward(Instruction::Op op) {
   return op == Instruction::Op::Forward || op == Instruction::Op::ForwardCheckpoint;
 }
 
-// "F3", "F*3", "R3+[rG3]", "B0", "[sA2 rG0]", "reduce", "step".
+// "F3", "F*3", "R3+[rG3]", "B0", "[sA2 rG0]", "reduce", "step"; a chunk
+// other than 0 follows the microbatch: "F3@1", "[sA3@1 rG0@2]".
 std::string to_string(const Transfer& t);
 std::string to_string(const Instruction& i);
 std::string to_string(const std::vector<Instruction>& program);

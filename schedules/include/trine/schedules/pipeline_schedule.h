@@ -7,6 +7,10 @@
 //     backward in turn, then the remaining backwards. Same bubble as GPipe,
 //     (p-1)/(m+p-1), but stage s holds at most min(p-s, m) microbatches.
 //
+//   Interleaved 1F1B (Megatron's virtual pipeline): each of p ranks holds v
+//     model chunks (rank r: plan stages r, r+p, ...); bubble (p-1)/(v·m).
+//     Instructions and transfers name the chunk they run on.
+//
 // Merak's variants for recomputation (p stages, m >= p microbatches):
 //   pre_recompute: 1F1B where each stage s < p-1 forwards its last p-s-1
 //     microbatches (those backwarded in the drain) by F*, and recomputes each
@@ -37,5 +41,8 @@ std::vector<Instruction> one_f_one_b_schedule(int stages, int microbatches, int 
 std::vector<Instruction> pre_recompute_schedule(int stages, int microbatches, int stage);
 std::vector<Instruction> last_no_recompute_schedule(int stages, int microbatches, int stage);
 std::vector<Instruction> shifted_critical_path_schedule(int stages, int microbatches, int stage);
+// Pipeline rank `rank` of `ranks`, `chunks` (v >= 2) model chunks each; m a
+// multiple of p.
+std::vector<Instruction> interleaved_one_f_one_b_schedule(int ranks, int microbatches, int rank, int chunks);
 
 }  // namespace trine

@@ -16,6 +16,10 @@
 // after R `full`, after its backward nothing. What lives only inside one
 // instruction (a backward's recomputed segment, gradient buffers) is not
 // counted.
+// Interleaved schedules give one program per pipeline rank for a topology of
+// p·v stages: rank r runs chunk c (instructions and transfers name it) as
+// stage c·p + r, one instruction at a time; a transfer between two stages of
+// one rank goes through its memory (buffered, whatever the mode).
 // Violations throw with the stage, the instruction and what it waits for.
 #pragma once
 #include "trine/schedules/instruction.h"
@@ -51,9 +55,11 @@ struct ActivationCosts {
 struct ScheduleReport {
   std::vector<int> peak_in_flight;  // per stage: most microbatches forwarded and not yet backwarded
   std::vector<double> peak_activations;  // per stage: most activation memory held at once (ActivationCosts units)
+  std::vector<double> rank_peak_activations;  // per rank: the same for all its stages together
   int rounds = 0;                   // parallel rounds of the blocking play (a rough makespan)
 };
 
+// `program`: one list per pipeline rank (per stage without interleaving).
 // `costs`: one per stage, or empty for unit costs (peak_activations then
 // counts the microbatches held fully at once).
 ScheduleReport check_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
