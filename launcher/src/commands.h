@@ -24,6 +24,7 @@ struct PlanArgs {
   std::string memory_limit;        // "" = none
   int microbatches = 0;
   std::string schedule = "1f1b";
+  int virtual_stages = 1;          // stages per pipeline rank (interleaved_1f1b)
   uint64_t partition_seed = 0;
   std::vector<std::string> starts;  // manual
   std::string out;                  // plan JSON to write

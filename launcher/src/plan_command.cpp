@@ -25,6 +25,10 @@ void add_plan_options(CLI::App* cmd, PlanArgs& a) {
   std::string help = "pipeline schedule the plan is for:";
   for (const auto& s : registered_schedules()) help += "\n  " + s.name + ": " + s.summary;
   cmd->add_option("--schedule", a.schedule, help)->check(CLI::IsMember(schedule_names()));
+  cmd->add_option("--virtual-stages", a.virtual_stages,
+                  "stages each pipeline rank holds (interleaved_1f1b: >= 2, rank r holding r, r+p, ...; --stages "
+                  "counts them all)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--partition-seed", a.partition_seed, "METIS's random seed");
   cmd->add_option("--starts", a.starts, "manual: the first layer of each stage after the first (comma-separated)")
       ->delimiter(',')
@@ -50,6 +54,10 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
   o.memory_limit_bytes = a.memory_limit.empty() ? 0 : parse_bytes(a.memory_limit, "--memory-limit");
   o.pipeline.schedule = a.schedule;
   o.pipeline.microbatches = a.microbatches;
+  o.pipeline.virtual_stages = a.virtual_stages;
+  check_virtual_stages(find_schedule(a.schedule, "--schedule"), a.virtual_stages, "--virtual-stages");
+  TORCH_CHECK(a.stages % a.virtual_stages == 0, "--stages ", a.stages, " is not a multiple of --virtual-stages ",
+              a.virtual_stages, ": every pipeline rank holds that many stages");
   o.seed = a.partition_seed;
   o.manual_starts = a.starts;
   TORCH_CHECK(a.method != "manual" || !a.starts.empty(), "--method manual needs --starts: the first layer of each ",
@@ -82,7 +90,9 @@ void print_activation_memory(const ProxyGraph& proxy, const StagePlan& plan, con
   in.layer_bytes = plan.layer_activation_bytes;  // the costs the plan was made with
   in.layer_bytes_selective = plan.layer_selective_bytes;
   in.schedule = plan.pipeline.schedule;
-  in.microbatches = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : plan.num_stages();
+  in.virtual_stages = plan.pipeline.virtual_stages;
+  const int ranks = plan.num_stages() / in.virtual_stages;
+  in.microbatches = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : ranks;
   const auto recompute_plan = recompute_for_pipeline(recompute, in);
   std::string policy = recompute.policy;
   if (recompute.policy == "stage_aware" && recompute.memory_limit_bytes > 0)
@@ -94,7 +104,7 @@ void print_activation_memory(const ProxyGraph& proxy, const StagePlan& plan, con
             << ":\n"
             << activation_memory_table(predict_activation_memory(proxy, in.layer_bytes, in.layer_bytes_selective,
                                                                  in.layers_of_stage, recompute_plan, in.schedule,
-                                                                 in.microbatches, policy));
+                                                                 in.microbatches, policy, in.virtual_stages));
 }
 
 }  // namespace

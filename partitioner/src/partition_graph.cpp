@@ -106,8 +106,11 @@ PartitionGraph make_partition_graph(const ProxyGraph& proxy, const CostModel& co
 }
 
 int PipelineShape::in_flight(int stage, int num_stages) const {
-  const int m = microbatches > 0 ? microbatches : num_stages;
-  return std::max(1, peak_in_flight(schedule, num_stages, m).at(stage));
+  TORCH_CHECK(virtual_stages >= 1 && num_stages % virtual_stages == 0, num_stages, " stages do not split into ",
+              virtual_stages, " virtual stages per pipeline rank");
+  const int ranks = num_stages / virtual_stages;
+  const int m = microbatches > 0 ? microbatches : ranks;
+  return std::max(1, peak_in_flight(schedule, ranks, m, virtual_stages).at(stage));
 }
 
 std::vector<StageEstimate> estimate_stages(const PartitionGraph& graph, const std::vector<int>& stage_of_layer,

@@ -1,6 +1,7 @@
 #include "trine/partitioner/stage_plan.h"
 
 #include "trine/frontend/stage_split.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <c10/util/Exception.h>
 
@@ -53,6 +54,10 @@ void StagePlan::check() const {
   TORCH_CHECK(num_layers >= 1, "the plan is for a model of ", num_layers, " layers");
   TORCH_CHECK(num_stages() <= num_layers, "the plan has ", num_stages(), " stages for ", num_layers,
               " layers: a stage needs at least one layer, so use at most ", num_layers, " stages");
+  check_virtual_stages(find_schedule(pipeline.schedule, "the plan's schedule"), pipeline.virtual_stages,
+                       "the plan's virtual_stages");
+  TORCH_CHECK(num_stages() % pipeline.virtual_stages == 0, "the plan has ", num_stages(), " stages, not a multiple ",
+              "of its virtual_stages (", pipeline.virtual_stages, "): every pipeline rank holds that many");
   std::unordered_map<std::string, int> stage_of;
   int listed = 0;
   for (int s = 0; s < num_stages(); ++s) {

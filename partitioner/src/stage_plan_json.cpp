@@ -58,6 +58,7 @@ json StagePlan::to_json() const {
           {"cost_source", cost_source},
           {"schedule", pipeline.schedule},
           {"microbatches", pipeline.microbatches},
+          {"virtual_stages", pipeline.virtual_stages},
           {"memory_limit_bytes", memory_limit_bytes},
           {"num_layers", num_layers},
           {"layer_activation_bytes", layer_activation_bytes},
@@ -81,6 +82,7 @@ StagePlan StagePlan::from_json(const json& j) {
   p.cost_source = r.required<std::string>("cost_source");
   p.pipeline.schedule = find_schedule(r.required<std::string>("schedule")).name;
   p.pipeline.microbatches = r.required<int>("microbatches");
+  p.pipeline.virtual_stages = r.get("virtual_stages", 1);
   p.memory_limit_bytes = r.required<int64_t>("memory_limit_bytes");
   p.num_layers = r.required<int>("num_layers");
   p.layer_activation_bytes = r.get("layer_activation_bytes", std::vector<int64_t>{});

@@ -56,8 +56,10 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
                                                              const std::vector<std::vector<int>>& layers_of_stage,
                                                              const std::vector<StageRecompute>& recompute,
                                                              const std::string& schedule, int microbatches,
-                                                             const std::string& policy_summary) {
+                                                             const std::string& policy_summary, int virtual_stages) {
   const int p = static_cast<int>(layers_of_stage.size());
+  TORCH_CHECK(virtual_stages >= 1 && p % virtual_stages == 0, p, " stages do not split into ", virtual_stages,
+              " virtual stages per pipeline rank");
   TORCH_CHECK(layer_bytes.size() == proxy.layers.size(), "bytes for ", layer_bytes.size(), " layers, the model has ",
               proxy.layers.size());
   TORCH_CHECK(static_cast<int>(recompute.size()) == p, "recompute plans for ", recompute.size(), " stages, the plan has ",
@@ -101,7 +103,8 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
     m.recomputed_layers = static_cast<int>(recomputed.size());
     costs[s] = {static_cast<double>(m.whole), static_cast<double>(m.kept), static_cast<double>(m.checkpoint)};
   }
-  const auto report = check_schedule(pipeline_schedule(schedule, p, microbatches), microbatches,
+  const auto report = check_schedule(pipeline_schedule(schedule, p / virtual_stages, microbatches, virtual_stages),
+                                     microbatches,
                                      StageTopology::chain(p), SendMode::Buffered, costs);
   for (int s = 0; s < p; ++s) {
     StageActivationMemory& m = out[s];
@@ -136,7 +139,8 @@ std::vector<StageRecompute> fit_memory_limit(int64_t limit, const PipelineRecomp
       for (size_t k = 0; k < std::min(n, layers.size()); ++k) trial[s].layer_segments.push_back({layers[k]});
     }
     const auto memory = predict_activation_memory(*in.proxy, in.layer_bytes, in.layer_bytes_selective,
-                                                  in.layers_of_stage, trial, in.schedule, in.microbatches, "trial");
+                                                  in.layers_of_stage, trial, in.schedule, in.microbatches, "trial",
+                                                  in.virtual_stages);
     for (int s = 0; s < p; ++s) {
       last_peak[s] = memory[s].peak;
       if (!fits[s] && memory[s].peak <= limit) {
@@ -166,14 +170,16 @@ std::vector<StageRecompute> recompute_for_pipeline(const RecomputeSettings& sett
     std::vector<std::string> names;
     for (const auto& layer : in.proxy->layers) names.push_back(layer.name);
     out = checkpointed_segments(settings, in.layers_of_stage, names,
-                                peak_in_flight(schedule.name, p, in.microbatches));
+                                peak_in_flight(schedule.name, p / in.virtual_stages, in.microbatches,
+                                               in.virtual_stages));
   }
   // Its backward follows its forward at once: recomputing there only adds work.
   if (schedule.last_stage_keeps_everything && !out.empty()) {
     out.back() = {};
     if (settings.memory_limit_bytes > 0) {
       const auto memory = predict_activation_memory(*in.proxy, in.layer_bytes, in.layer_bytes_selective,
-                                                    in.layers_of_stage, out, in.schedule, in.microbatches, "");
+                                                    in.layers_of_stage, out, in.schedule, in.microbatches, "",
+                                                    in.virtual_stages);
       TORCH_CHECK(memory.back().peak <= settings.memory_limit_bytes, "the last stage keeps every activation under ",
                   in.schedule, " and then holds ", memory.back().peak, " bytes, more than ",
                   "config.recompute.memory_limit_bytes = ", settings.memory_limit_bytes,

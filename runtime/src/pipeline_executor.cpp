@@ -4,36 +4,49 @@
 #include "trine/frontend/allocation_counter.h"
 
 #include <algorithm>
-#include <set>
 #include <chrono>
+#include <set>
 
 namespace trine {
 
 namespace {
 
-uint32_t tag_of(int mb, bool grad, int slot) {
-  TORCH_CHECK(slot < 1024, "a stage exchanges more than 1024 tensors with one peer");
-  return (static_cast<uint32_t>(mb) * 2 + (grad ? 1 : 0)) * 1024 + static_cast<uint32_t>(slot);
-}
-
 std::string describe(bool grad, int mb) {
   return std::string(grad ? "the gradient" : "the activation") + " of microbatch " + std::to_string(mb);
 }
 
-// The microbatches a step has: those the program forwards, which must be
-// 0 .. m-1, each once (the schedule checker proves this of every schedule).
-int count_microbatches(const std::vector<Instruction>& program, int stage) {
-  std::set<int> forwarded;
-  size_t forwards = 0;
+// The microbatches a step has: those the program forwards on each of the
+// rank's chunks, which must be 0 .. m-1, each once per chunk (the schedule
+// checker proves this of every schedule).
+int count_microbatches(const std::vector<Instruction>& program, int chunks, int rank) {
+  std::vector<std::set<int>> forwarded(chunks);
+  std::vector<size_t> forwards(chunks, 0);
   for (const Instruction& ins : program)
     if (is_forward(ins.op)) {
-      forwarded.insert(ins.microbatch);
-      ++forwards;
+      TORCH_INTERNAL_ASSERT(ins.chunk >= 0 && ins.chunk < chunks, "rank ", rank, "'s program runs chunk ", ins.chunk,
+                            " of ", chunks);
+      forwarded[ins.chunk].insert(ins.microbatch);
+      ++forwards[ins.chunk];
     }
-  const int m = static_cast<int>(forwarded.size());
-  TORCH_INTERNAL_ASSERT(m >= 1 && forwards == forwarded.size() && *forwarded.begin() == 0 && *forwarded.rbegin() == m - 1,
-                        "stage ", stage, "'s program does not forward microbatches 0 .. m-1 once each");
+  const int m = static_cast<int>(forwarded[0].size());
+  for (int c = 0; c < chunks; ++c)
+    TORCH_INTERNAL_ASSERT(m >= 1 && static_cast<int>(forwarded[c].size()) == m && forwards[c] == forwarded[c].size() &&
+                              *forwarded[c].begin() == 0 && *forwarded[c].rbegin() == m - 1,
+                          "rank ", rank, "'s program does not forward microbatches 0 .. m-1 once each on chunk ", c);
   return m;
+}
+
+using PeerPositions = std::vector<std::pair<int, std::vector<int>>>;  // peer stage -> positions, in value order
+
+PeerPositions positions_by_peer(std::map<int, std::vector<std::pair<int, int>>>& m) {
+  PeerPositions out;
+  for (auto& [peer, list] : m) {
+    std::sort(list.begin(), list.end());
+    std::vector<int> pos;
+    for (auto& [v, p] : list) pos.push_back(p);
+    out.emplace_back(peer, pos);
+  }
+  return out;
 }
 
 }  // namespace
@@ -45,72 +58,131 @@ struct PipelineExecutor::Microbatch {
   std::map<int, torch::Tensor> input_grads;   // input index -> gradient to send back
 };
 
+// One stage this rank holds: its parameters and graph, who it exchanges
+// with, and its microbatches in flight.
+struct PipelineExecutor::Chunk {
+  int stage = 0;
+  std::unique_ptr<StageExecution> execution;
+  PeerPositions recv_from, send_to;  // activations in (gradients out), activations out (gradients in)
+  // Per stage input: the traced shape and dtype of a received activation, if known.
+  std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes;
+  std::map<int, std::unique_ptr<Microbatch>> live;
+  std::unique_ptr<BufferSync> buffers;  // in-place buffer updates, combined across replicas
+
+  Microbatch& state_of(int mb) {
+    auto& s = live[mb];
+    if (!s) s = std::make_unique<Microbatch>();
+    return *s;
+  }
+};
+
+// Receives posted and sends started; where each received tensor goes.
+struct PipelineExecutor::PostedTransfers {
+  struct Target {
+    int chunk;
+    int mb;
+    bool grad;
+    int position;  // input index (activation) or output index (gradient)
+  };
+  std::vector<Target> targets;  // one per posted receive, in order
+  PendingReceives receives;
+  // Receives from a stage of this rank: the mailbox key and where it goes.
+  std::vector<std::pair<std::tuple<bool, int, int, int, int>, Target>> local;
+  std::vector<std::pair<int, int>> sent_gradients;  // (chunk, microbatch) whose gradient went out
+};
+
 PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages,
-                                   int stage, std::vector<Instruction> program, ExecutorGroups groups,
+                                   int rank, int ranks, std::vector<Instruction> program, ExecutorGroups groups,
                                    ExecutorOptions options)
-    : stages_(std::move(stages)), stage_(stage), program_(std::move(program)), groups_(groups), options_(options) {
-  const StageProgram& me = stages_.at(stage_);
+    : stages_(std::move(stages)), rank_(rank), ranks_(ranks), program_(std::move(program)), groups_(groups),
+      options_(options) {
+  const int num_stages = static_cast<int>(stages_.size());
+  TORCH_INTERNAL_ASSERT(ranks >= 1 && rank >= 0 && rank < ranks && num_stages % ranks == 0, "pipeline rank ", rank,
+                        " of ", ranks, " for ", num_stages, " stages");
+  const int num_chunks = num_stages / ranks;
+  TORCH_INTERNAL_ASSERT(options_.checkpointing.empty() || static_cast<int>(options_.checkpointing.size()) == num_chunks,
+                        "checkpointing for ", options_.checkpointing.size(), " chunks, the rank holds ", num_chunks);
   std::map<int, int> first_holder;  // parameter id -> first stage holding it
   for (const auto& s : stages_)
     for (int p : s.params) first_holder.emplace(p, s.stage);
-  microbatches_ = count_microbatches(program_, stage_);
-  execution_ = std::make_unique<StageExecution>(me, model, proxy, options_.device);
-  execution_->checkpoint_layers(options_.checkpointed_layers, options_.checkpoint_attention_cores);
-  const auto& held = execution_->parameters();
-  // Gradients become final last layer first: bucket them in reverse.
-  for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
-    if (held.at(*it).requires_grad()) {
-      trainable_.push_back(held.at(*it));
-      owned_.push_back(first_holder[*it] == stage_);
+  microbatches_ = count_microbatches(program_, num_chunks, rank_);
+  for (int c = 0; c < num_chunks; ++c) {
+    auto chunk = std::make_unique<Chunk>();
+    chunk->stage = stage_of_chunk(c, rank_, ranks_);
+    const StageProgram& me = stages_.at(chunk->stage);
+    chunk->execution = std::make_unique<StageExecution>(me, model, proxy, options_.device);
+    if (!options_.checkpointing.empty())
+      chunk->execution->checkpoint_layers(options_.checkpointing[c].layer_segments,
+                                          options_.checkpointing[c].attention_cores);
+    chunk->buffers = std::make_unique<BufferSync>(me, proxy, chunk->execution->parameters(), groups_.dp,
+                                                  microbatches_);
+    // Who sends what to whom, each list in value-id order on both sides.
+    std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer stage -> (value, position)
+    for (size_t i = 0; i < me.inputs.size(); ++i)
+      if (me.inputs[i].kind == StageInput::Kind::Activation)
+        from[me.inputs[i].from_stage].emplace_back(me.inputs[i].value, static_cast<int>(i));
+    for (size_t o = 0; o < me.outputs.size(); ++o)
+      for (int c2 : me.outputs[o].to_stages) to[c2].emplace_back(me.outputs[o].value, static_cast<int>(o));
+    chunk->recv_from = positions_by_peer(from);
+    chunk->send_to = positions_by_peer(to);
+    // The traced shapes of received activations: known before they arrive.
+    chunk->input_shapes.resize(me.inputs.size());
+    for (size_t i = 0; i < me.inputs.size(); ++i) {
+      if (me.inputs[i].kind != StageInput::Kind::Activation) continue;
+      const auto type = me.graph->inputs()[i]->type()->cast<c10::TensorType>();
+      if (!type || !type->scalarType()) continue;
+      if (auto sizes = type->sizes().concrete_sizes()) chunk->input_shapes[i] = {*sizes, *type->scalarType()};
     }
+    chunks_.push_back(std::move(chunk));
+  }
+  // Gradients become final last layer first, and the step's final backward
+  // is chunk 0's: its parameters first (their buckets start during that
+  // backward), each chunk's in reverse.
+  for (const auto& chunk : chunks_) {
+    const StageProgram& me = stages_[chunk->stage];
+    const auto& held = chunk->execution->parameters();
+    for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
+      if (held.at(*it).requires_grad()) {
+        trainable_.push_back(held.at(*it));
+        owned_.push_back(first_holder[*it] == chunk->stage);
+      }
+  }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
-  buffers_ = std::make_unique<BufferSync>(me, proxy, held, groups_.dp, microbatches_);
-
-  // Who sends what to whom, each list in value-id order on both sides.
-  std::map<int, std::vector<std::pair<int, int>>> from, to;  // peer -> (value, position)
-  for (size_t i = 0; i < me.inputs.size(); ++i)
-    if (me.inputs[i].kind == StageInput::Kind::Activation)
-      from[me.inputs[i].from_stage].emplace_back(me.inputs[i].value, static_cast<int>(i));
-  for (size_t o = 0; o < me.outputs.size(); ++o)
-    for (int c : me.outputs[o].to_stages) to[c].emplace_back(me.outputs[o].value, static_cast<int>(o));
-  auto positions = [](std::map<int, std::vector<std::pair<int, int>>>& m) {
-    std::vector<std::pair<int, std::vector<int>>> out;
-    for (auto& [peer, list] : m) {
-      std::sort(list.begin(), list.end());
-      std::vector<int> pos;
-      for (auto& [v, p] : list) pos.push_back(p);
-      out.emplace_back(peer, pos);
-    }
-    return out;
-  };
-  recv_from_ = positions(from);
-  send_to_ = positions(to);
   for (size_t i = 0; i < program_.size(); ++i)
     if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
-  // The traced shapes of received activations: known before they arrive.
-  input_shapes_.resize(me.inputs.size());
-  for (size_t i = 0; i < me.inputs.size(); ++i) {
-    if (me.inputs[i].kind != StageInput::Kind::Activation) continue;
-    const auto type = me.graph->inputs()[i]->type()->cast<c10::TensorType>();
-    if (!type || !type->scalarType()) continue;
-    if (auto sizes = type->sizes().concrete_sizes()) input_shapes_[i] = {*sizes, *type->scalarType()};
-  }
 }
 
 PipelineExecutor::~PipelineExecutor() = default;
 
-std::vector<std::string> PipelineExecutor::buffers_from_replica_0() const { return buffers_->broadcast_buffers(); }
+PipelineExecutor::Chunk& PipelineExecutor::chunk(int c) { return *chunks_.at(c); }
 
-void PipelineExecutor::undo_buffer_updates() { buffers_->undo_step(); }
+std::vector<int> PipelineExecutor::stages() const {
+  std::vector<int> out;
+  for (const auto& c : chunks_) out.push_back(c->stage);
+  return out;
+}
+
+std::vector<std::string> PipelineExecutor::buffers_from_replica_0() const {
+  std::vector<std::string> out;
+  for (const auto& c : chunks_)
+    for (auto& name : c->buffers->broadcast_buffers()) out.push_back(std::move(name));
+  return out;
+}
+
+void PipelineExecutor::undo_buffer_updates() {
+  for (auto& c : chunks_) c->buffers->undo_step();
+}
 
 torch::Tensor PipelineExecutor::parameter(int id) const {
-  const auto& held = execution_->parameters();
-  auto it = held.find(id);
-  return it == held.end() ? torch::Tensor() : it->second;
+  for (const auto& c : chunks_) {
+    const auto& held = c->execution->parameters();
+    if (auto it = held.find(id); it != held.end()) return it->second;
+  }
+  return torch::Tensor();
 }
 
 void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
-                                  const std::function<void()>& optimizer_step) {
+                                const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
   std::shared_ptr<AllocationCounter> counter;
@@ -119,7 +191,12 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     counter = std::make_shared<AllocationCounter>();
     counting.emplace(counter);
   }
-  buffers_->begin_step();
+  for (auto& c : chunks_) c->buffers->begin_step();
+  auto recompute_seconds = [&] {
+    double s = 0;
+    for (const auto& c : chunks_) s += c->execution->recompute_seconds();
+    return s;
+  };
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
     const auto t0 = std::chrono::steady_clock::now();
@@ -127,7 +204,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     switch (ins.op) {
       case Instruction::Op::Forward:
       case Instruction::Op::ForwardCheckpoint:
-        forward(ins.microbatch, batch, first_microbatch, ins.op == Instruction::Op::ForwardCheckpoint);
+        forward(ins, batch, first_microbatch, ins.op == Instruction::Op::ForwardCheckpoint);
         account = &timings_.forward_s;
         break;
       case Instruction::Op::Recompute:
@@ -136,9 +213,9 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         break;
       case Instruction::Op::Backward: {
         if (static_cast<int>(i) == last_backward_) buckets_->arm();
-        const double recomputed_before = execution_->recompute_seconds();
-        backward(ins.microbatch);
-        const double inline_recompute = execution_->recompute_seconds() - recomputed_before;
+        const double recomputed_before = recompute_seconds();
+        backward(ins);
+        const double inline_recompute = recompute_seconds() - recomputed_before;
         timings_.recompute_s += inline_recompute;
         timings_.backward_s -= inline_recompute;
         account = &timings_.backward_s;
@@ -159,106 +236,143 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     }
     *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  TORCH_INTERNAL_ASSERT(live_.empty(), "microbatches left in flight after the step");
+  for (const auto& c : chunks_)
+    TORCH_INTERNAL_ASSERT(c->live.empty(), "microbatches left in flight on stage ", c->stage, " after the step");
+  TORCH_INTERNAL_ASSERT(local_.empty(), "transfers between this rank's stages left unreceived after the step");
   if (counter) timings_.peak_bytes = counter->peak();
 }
 
-void PipelineExecutor::forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint) {
-  auto& state = live_[mb];
-  if (!state) state = std::make_unique<Microbatch>();
-  state->received.resize(stages_[stage_].inputs.size());
+void PipelineExecutor::forward(const Instruction& ins, const SampleBatch& batch, int64_t first_microbatch,
+                               bool checkpoint) {
+  Chunk& c = chunk(ins.chunk);
+  const int mb = ins.microbatch;
+  Microbatch& state = c.state_of(mb);
+  state.received.resize(stages_[c.stage].inputs.size());
   const RngPolicy rng{RngPolicy::Mode::PerOp, options_.seed, first_microbatch + mb};
-  state->activations = execution_->forward(std::move(state->received), batch, {mb, microbatches_}, rng, !checkpoint);
-  if (auto loss = execution_->loss(state->activations); loss.defined())
+  state.activations =
+      c.execution->forward(std::move(state.received), batch, {mb, microbatches_}, rng, !checkpoint);
+  if (auto loss = c.execution->loss(state.activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
 }
 
-void PipelineExecutor::backward(int mb) {
-  auto it = live_.find(mb);
-  TORCH_INTERNAL_ASSERT(it != live_.end(), "backward of microbatch ", mb, " that was not forwarded");
+void PipelineExecutor::backward(const Instruction& ins) {
+  Chunk& c = chunk(ins.chunk);
+  auto it = c.live.find(ins.microbatch);
+  TORCH_INTERNAL_ASSERT(it != c.live.end(), "backward of microbatch ", ins.microbatch, " that was not forwarded");
   Microbatch& state = *it->second;
   // The step's loss is the mean over microbatches (and replicas: dp averages).
   state.input_grads =
-      execution_->backward(std::move(state.activations), state.output_grads, 1.0 / microbatches_);
+      c.execution->backward(std::move(state.activations), state.output_grads, 1.0 / microbatches_);
   state.output_grads.clear();
   // A stage that receives nothing sends no gradients back: the microbatch ends here.
-  if (recv_from_.empty()) live_.erase(it);
-}
-
-PipelineExecutor::Microbatch& PipelineExecutor::state_of(int mb) {
-  auto& s = live_[mb];
-  if (!s) s = std::make_unique<Microbatch>();
-  return *s;
+  if (c.recv_from.empty()) c.live.erase(it);
 }
 
 void PipelineExecutor::communicate(const Instruction& ins) { finish_transfers(post_transfers(ins.transfers)); }
 
 void PipelineExecutor::recompute(const Instruction& ins) {
   auto posted = post_transfers(ins.transfers);
-  auto it = live_.find(ins.microbatch);
-  TORCH_INTERNAL_ASSERT(it != live_.end(), "recompute of microbatch ", ins.microbatch, " that was not forwarded");
-  execution_->recompute(it->second->activations);  // only what its forward dropped
+  Chunk& c = chunk(ins.chunk);
+  auto it = c.live.find(ins.microbatch);
+  TORCH_INTERNAL_ASSERT(it != c.live.end(), "recompute of microbatch ", ins.microbatch, " that was not forwarded");
+  c.execution->recompute(it->second->activations);  // only what its forward dropped
   finish_transfers(std::move(posted));
 }
 
+// Unique per (microbatch, direction, pair of chunks, slot) between two ranks:
+// under interleaving one pair of ranks carries several pairs of stages.
+uint32_t PipelineExecutor::tag_of(int mb, bool grad, int from_stage, int to_stage, int slot) const {
+  const uint32_t chunks = static_cast<uint32_t>(chunks_.size());
+  const uint32_t edge = static_cast<uint32_t>(from_stage / ranks_) * chunks + static_cast<uint32_t>(to_stage / ranks_);
+  TORCH_CHECK(slot < 1024, "a stage exchanges more than 1024 tensors with one peer");
+  const uint64_t tag = ((static_cast<uint64_t>(mb) * 2 + (grad ? 1 : 0)) * chunks * chunks + edge) * 1024 + slot;
+  TORCH_CHECK(tag <= UINT32_MAX, "microbatch ", mb, " does not fit the transfer tags; use fewer microbatches");
+  return static_cast<uint32_t>(tag);
+}
+
+void PipelineExecutor::send(const torch::Tensor& t, int from_stage, int to_stage, int mb, bool grad, int slot) {
+  // As a receive over the wire gives it: a leaf that requires grad when the
+  // sent tensor does (the receiver's backward fills its .grad), else a copy
+  // of its own (the receiver may write it in place).
+  if (to_stage % ranks_ == rank_)
+    local_[{grad, mb, from_stage, to_stage, slot}] = t.requires_grad() ? t.detach().requires_grad_(true) : t.clone();
+  else
+    groups_.pp->post_send(t, to_stage % ranks_, tag_of(mb, grad, from_stage, to_stage, slot), describe(grad, mb));
+}
+
 PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::vector<Transfer>& transfers) {
-  Communicator& pp = *groups_.pp;
   std::vector<RecvRequest> requests;
   PostedTransfers posted;
-  auto& targets = posted.targets;
+  // A receive from stage `peer` to stage `me` into `target` (shape and dtype
+  // known when given); tagged and keyed as `send` names it: (from, to).
+  auto receive = [&](int peer, int me, int slot, PostedTransfers::Target target,
+                     std::optional<std::vector<int64_t>> shape, c10::ScalarType dtype) {
+    if (peer % ranks_ == rank_) {
+      posted.local.push_back({{target.grad, target.mb, peer, me, slot}, target});
+      return;
+    }
+    requests.push_back({peer % ranks_, tag_of(target.mb, target.grad, peer, me, slot),
+                        describe(target.grad, target.mb), std::move(shape), dtype});
+    posted.targets.push_back(target);
+  };
   for (const Transfer& t : transfers) {
-    posted.sends_gradient.push_back(t.kind == Transfer::Kind::SendGrad ? t.microbatch : -1);
+    Chunk& c = chunk(t.chunk);
     const int mb = t.microbatch;
     switch (t.kind) {
       case Transfer::Kind::SendAct:
-        for (const auto& [peer, outs] : send_to_)
+        for (const auto& [peer, outs] : c.send_to)
           for (size_t k = 0; k < outs.size(); ++k)
-            pp.post_send(state_of(mb).activations.outputs.at(outs[k]), peer, tag_of(mb, false, static_cast<int>(k)),
-                         describe(false, mb));
+            send(c.state_of(mb).activations.outputs.at(outs[k]), c.stage, peer, mb, false, static_cast<int>(k));
         break;
       case Transfer::Kind::RecvAct:
-        for (const auto& [peer, ins_] : recv_from_)
-          for (size_t k = 0; k < ins_.size(); ++k) {
-            requests.push_back({peer, tag_of(mb, false, static_cast<int>(k)), describe(false, mb),
-                                input_shapes_.at(ins_[k]).first, input_shapes_.at(ins_[k]).second});
-            targets.push_back({mb, false, ins_[k]});
-          }
+        for (const auto& [peer, ins_] : c.recv_from)
+          for (size_t k = 0; k < ins_.size(); ++k)
+            receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, false, ins_[k]}, c.input_shapes.at(ins_[k]).first,
+                    c.input_shapes.at(ins_[k]).second);
         break;
       case Transfer::Kind::SendGrad:
-        for (const auto& [peer, ins_] : recv_from_) {
-          auto& s = state_of(mb);
+        posted.sent_gradients.emplace_back(t.chunk, mb);
+        for (const auto& [peer, ins_] : c.recv_from) {
+          auto& s = c.state_of(mb);
           int slot = 0;
           for (int pos : ins_) {
             auto g = s.input_grads.find(pos);
-            if (g != s.input_grads.end()) pp.post_send(g->second, peer, tag_of(mb, true, slot), describe(true, mb));
+            if (g != s.input_grads.end()) send(g->second, c.stage, peer, mb, true, slot);
             ++slot;
           }
         }
         break;
       case Transfer::Kind::RecvGrad:
-        for (const auto& [peer, outs] : send_to_) {
-          auto& s = state_of(mb);
+        for (const auto& [peer, outs] : c.send_to) {
+          auto& s = c.state_of(mb);
           for (size_t k = 0; k < outs.size(); ++k)
-            if (const auto& out = s.activations.outputs.at(outs[k]); out.requires_grad()) {
-              requests.push_back({peer, tag_of(mb, true, static_cast<int>(k)), describe(true, mb),
-                                  out.sizes().vec(), out.scalar_type()});
-              targets.push_back({mb, true, outs[k]});
-            }
+            if (const auto& out = s.activations.outputs.at(outs[k]); out.requires_grad())
+              receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, true, outs[k]}, out.sizes().vec(),
+                      out.scalar_type());
         }
         break;
     }
   }
-  posted.receives = pp.post_receives(std::move(requests));
+  posted.receives = groups_.pp->post_receives(std::move(requests));
   return posted;
 }
 
 void PipelineExecutor::finish_transfers(PostedTransfers posted) {
-  const auto& targets = posted.targets;
   auto received = groups_.pp->finish_receives(std::move(posted.receives));
+  std::vector<PostedTransfers::Target> targets = std::move(posted.targets);
+  for (auto& [key, target] : posted.local) {
+    auto it = local_.find(key);
+    TORCH_INTERNAL_ASSERT(it != local_.end(), describe(target.grad, target.mb), " is received on stage ",
+                          std::get<3>(key), " before stage ", std::get<2>(key), " (the same rank) sent it");
+    received.push_back(std::move(it->second));
+    local_.erase(it);
+    targets.push_back(target);
+  }
   for (size_t r = 0; r < received.size(); ++r) {
-    Microbatch& s = state_of(targets[r].mb);
+    Chunk& c = chunk(targets[r].chunk);
+    Microbatch& s = c.state_of(targets[r].mb);
     if (!targets[r].grad) {
-      s.received.resize(stages_[stage_].inputs.size());
+      s.received.resize(stages_[c.stage].inputs.size());
       s.received[targets[r].position] = received[r];
     } else {
       auto& g = s.output_grads[targets[r].position];
@@ -266,20 +380,29 @@ void PipelineExecutor::finish_transfers(PostedTransfers posted) {
     }
   }
   // A gradient sent is not needed again; drop the microbatch once both ways are done.
-  for (int mb : posted.sends_gradient)
-    if (mb >= 0) live_.erase(mb);
+  for (auto [c, mb] : posted.sent_gradients) chunk(c).live.erase(mb);
+}
+
+void PipelineExecutor::sum_tied_gradients() {
+  torch::NoGradGuard no_grad;
+  for (auto& [param, group] : groups_.tied) {
+    std::vector<torch::Tensor> copies;  // this rank's copies of the parameter
+    for (const auto& c : chunks_)
+      if (auto it = c->execution->parameters().find(param); it != c->execution->parameters().end())
+        copies.push_back(it->second);
+    if (copies.empty() || !copies[0].requires_grad()) continue;
+    for (auto& p : copies)
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    for (size_t k = 1; k < copies.size(); ++k) copies[0].mutable_grad().add_(copies[k].grad());
+    group->allreduce_sum(copies[0].mutable_grad());
+    for (size_t k = 1; k < copies.size(); ++k) copies[k].mutable_grad().copy_(copies[0].grad());
+  }
 }
 
 void PipelineExecutor::reduce_grads() {
   buckets_->finish();
-  buffers_->finish_step();  // every forward of the step is done
-  torch::NoGradGuard no_grad;
-  for (auto& [param, group] : groups_.tied) {
-    const auto& p = execution_->parameters().at(param);
-    if (!p.requires_grad()) continue;
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    group->allreduce_sum(p.mutable_grad());
-  }
+  for (auto& c : chunks_) c->buffers->finish_step();  // every forward of the step is done
+  sum_tied_gradients();
   groups_.pp->wait_sends();
 }
 

@@ -23,6 +23,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
   c.global_batch = r.get("global_batch", c.global_batch);
   c.microbatches = r.get("microbatches", c.microbatches);
   c.schedule = r.get("schedule", c.schedule);
+  c.virtual_stages = r.get("virtual_stages", c.virtual_stages);
   {
     auto p = r.object("partition");
     c.partition.method = p.get("method", c.partition.method);
@@ -99,9 +100,10 @@ void TrainConfig::check() const {
               "' hides recomputation in the time stages wait for each other, but config.recompute.policy is "
               "\"none\": there is nothing to hide and it would only add work; set a recompute policy or use "
               "\"1f1b\"");
+  check_virtual_stages(spec, virtual_stages, "config.virtual_stages");
   // The schedule's own preconditions (stages, microbatches), before any work.
   try {
-    pipeline_schedule(schedule, parallel.pp, microbatches);
+    pipeline_schedule(schedule, parallel.pp, microbatches, virtual_stages);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "config.schedule with config.parallel.pp = ", parallel.pp, " and config.microbatches = ",
                 microbatches, ": ", e.what_without_backtrace());

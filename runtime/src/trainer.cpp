@@ -183,9 +183,9 @@ StageTopology topology_of(const std::vector<StageProgram>& stages, int num_stage
 // background sends, but can deadlock 1F1B under NCCL's blocking ones.
 void prove_schedule(const TrainConfig& config, const StagePlan& plan, const std::vector<StageProgram>& stages,
                     c10::Device device) {
-  const int p = config.parallel.pp, m = plan.pipeline.microbatches;
+  const int p = config.parallel.pp, m = plan.pipeline.microbatches, v = plan.pipeline.virtual_stages;
   try {
-    check_schedule(pipeline_schedule(plan.pipeline.schedule, p, m), m, topology_of(stages, p),
+    check_schedule(pipeline_schedule(plan.pipeline.schedule, p, m, v), m, topology_of(stages, p * v),
                    device.is_cpu() ? SendMode::Buffered : SendMode::Blocking);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "the ", plan.pipeline.schedule, " schedule cannot run this plan on ", device, ": ",
@@ -236,16 +236,17 @@ std::string Trainer::Impl::plan_on_rank_0(const SampleBatch& first) const {
   const auto& par = config.parallel;
   try {
     PlanOptions o;
-    o.stages = par.pp;
+    o.stages = par.pp * config.virtual_stages;
     o.memory_limit_bytes = config.partition.memory_limit_bytes;
     o.pipeline.schedule = config.schedule;
     o.pipeline.microbatches = split.microbatches;
+    o.pipeline.virtual_stages = config.virtual_stages;
     o.seed = config.seed;
     o.manual_starts = config.partition.starts;
     CostModel costs = config.partition.profile ? profile_layers(traced, proxy, first) : analytic_costs(proxy);
     // Memory as this run's optimizer will use it (AdamW 2x, SGD 1x or 0x).
     costs.optimizer_state_factor = optimizer_state_factor(config.optimizer);
-    const std::string method = par.pp == 1 ? "uniform" : config.partition.method;
+    const std::string method = o.stages == 1 ? "uniform" : config.partition.method;
     return "plan:" + plan_stages(proxy, costs, method, o).to_json().dump();
   } catch (const c10::Error& e) {
     return std::string("error:") + e.what_without_backtrace();
@@ -280,7 +281,8 @@ void Trainer::Impl::agree_on_plan(c10d::Store& store, const std::string& trace_e
 
 // Groups, created in the same order on every rank (construction blocks until
 // all members arrive): world, data-parallel, pipeline, then one per set of
-// stages that hold the same tied parameters.
+// ranks whose stages hold the same tied parameters (stage s is on pipeline
+// rank s mod pp; copies on one rank are summed by the executor).
 ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stages, const std::string& prefix,
                                           c10::Device device, std::chrono::milliseconds timeout) {
   auto make_group = [&](const std::string& kind, const std::vector<int>& ranks) {
@@ -294,12 +296,18 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
   world = make_group("world", all);
   dp = make_group("dp", grid->group(rank, Dim::DP));
   pp = make_group("pp", grid->group(rank, Dim::PP));
-  std::map<std::vector<int>, std::vector<int>> tied;  // holding stages -> parameter ids
+  const int pipeline_ranks = config.parallel.pp;
+  std::map<std::vector<int>, std::vector<int>> tied;  // holding pipeline ranks -> parameter ids
   for (size_t p = 0; p < proxy.params.size(); ++p) {
-    std::vector<int> holders;
+    std::set<int> holders;
+    int copies = 0;
     for (const auto& s : stages)
-      if (std::count(s.params.begin(), s.params.end(), static_cast<int>(p))) holders.push_back(s.stage);
-    if (holders.size() > 1 && proxy.params[p].requires_grad) tied[holders].push_back(static_cast<int>(p));
+      if (std::count(s.params.begin(), s.params.end(), static_cast<int>(p))) {
+        holders.insert(s.stage % pipeline_ranks);
+        ++copies;
+      }
+    if (copies > 1 && proxy.params[p].requires_grad)
+      tied[std::vector<int>(holders.begin(), holders.end())].push_back(static_cast<int>(p));
   }
   ExecutorGroups groups{pp.get(), dp.get(), {}};
   for (const auto& [holders, params] : tied) {
@@ -324,6 +332,7 @@ std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<Stag
   for (const auto& s : stages) in.layers_of_stage.push_back(s.layers);
   in.schedule = plan->pipeline.schedule;
   in.microbatches = plan->pipeline.microbatches;
+  in.virtual_stages = plan->pipeline.virtual_stages;
   return recompute_for_pipeline(config.recompute, in);
 }
 
@@ -331,14 +340,18 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
-  const StageRecompute mine = recompute_plan(stages).at(stage);
-  eo.checkpointed_layers = mine.layer_segments;
-  eo.checkpoint_attention_cores = mine.attention_cores;
+  const int p = config.parallel.pp, v = plan->pipeline.virtual_stages;
+  const auto recompute = recompute_plan(stages);
+  for (int c = 0; c < v; ++c) {
+    const StageRecompute& mine = recompute.at(stage_of_chunk(c, stage, p));
+    eo.checkpointing.push_back({mine.layer_segments, mine.attention_cores});
+  }
   eo.measure_memory = config.measure_memory;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
-  auto program = stage_schedule(plan->pipeline.schedule, config.parallel.pp, plan->pipeline.microbatches, stage);
-  executor = std::make_unique<PipelineExecutor>(traced, proxy, std::move(stages), stage, std::move(program), groups, eo);
+  auto program = stage_schedule(plan->pipeline.schedule, p, plan->pipeline.microbatches, stage, v);
+  executor = std::make_unique<PipelineExecutor>(traced, proxy, std::move(stages), stage, p, std::move(program), groups,
+                                                eo);
   TORCH_INTERNAL_ASSERT(executor->microbatches() == split.microbatches, "the schedule program runs ",
                         executor->microbatches(), " microbatches per step, the batch is split into ",
                         split.microbatches);
@@ -479,12 +492,14 @@ void Trainer::save_checkpoint(const std::string& dir) const {
   const Impl& m = *impl_;
   if (m.replica != 0) return;
   make_directories(dir);
-  torch::serialize::OutputArchive archive;
-  for (int p : m.executor->program().params)
-    archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  write_file_atomically(dir + "/stage-" + std::to_string(m.stage) + ".pt", bytes.str());
+  for (int stage : m.executor->stages()) {
+    torch::serialize::OutputArchive archive;
+    for (int p : m.executor->stage_program(stage).params)
+      archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());
+    std::ostringstream bytes;
+    archive.save_to(bytes);
+    write_file_atomically(dir + "/stage-" + std::to_string(stage) + ".pt", bytes.str());
+  }
 }
 
 int Trainer::rank() const { return impl_->rank; }

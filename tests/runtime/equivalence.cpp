@@ -29,6 +29,8 @@ struct Args {
   std::string model = "gpt";  // gpt | gpt_tied | skip
   int dp = 1, pp = 1;
   std::string schedule = "1f1b";
+  int virtual_stages = 1;           // config.virtual_stages (interleaved_1f1b)
+  int layers = 0;                   // transformer blocks (0: the model's default)
   std::vector<int> microbatches{1, 4, 8};
   int steps = 10;
   int64_t global_batch = 16;
@@ -52,6 +54,7 @@ ModelSpec spec_of(const Args& a) {
     s.layers = 6;
     s.hidden = 32;
   }
+  if (a.layers > 0) s.layers = a.layers;
   s.batch = a.global_batch;
   s.seed = 7;
   return s;
@@ -64,6 +67,7 @@ TrainConfig config_of(const Args& a, int m) {
   c.global_batch = a.global_batch;
   c.microbatches = m;
   c.schedule = a.schedule;
+  c.virtual_stages = a.virtual_stages;
   c.optimizer.name = a.optimizer;
   c.optimizer.lr = a.optimizer == "adamw" ? 3e-3 : 0.1;
   c.optimizer.weight_decay = 0.01;
@@ -180,6 +184,8 @@ int main(int argc, char** argv) {
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
   app.add_option("--schedule", a.schedule);
+  app.add_option("--virtual-stages", a.virtual_stages);
+  app.add_option("--layers", a.layers);
   app.add_option("--microbatches", a.microbatches)->delimiter(',');
   app.add_option("--steps", a.steps);
   app.add_option("--global-batch", a.global_batch);

@@ -56,7 +56,8 @@ PartitionGraph make_partition_graph(const ProxyGraph& proxy, const CostModel& co
 // How a plan will run: decides how many microbatches each stage holds at once.
 struct PipelineShape {
   std::string schedule = "1f1b";  // a name from schedules/schedule_registry.h
-  int microbatches = 0;           // 0: unknown, taken as the number of stages
+  int microbatches = 0;           // 0: unknown, taken as the number of pipeline ranks
+  int virtual_stages = 1;         // stages per pipeline rank (interleaved schedules)
   // Microbatches stage `stage` of `num_stages` holds at once: the schedule's
   // own peak, as the schedule checker measures it (1F1B: min(k - s, m); GPipe: m).
   int in_flight(int stage, int num_stages) const;

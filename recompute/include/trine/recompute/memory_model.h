@@ -33,7 +33,8 @@ struct StageActivationMemory {
 // `layer_bytes[l]`: what layer l keeps per microbatch with grad;
 // `layer_bytes_selective[l]`: the same with its attention cores recomputed,
 // where measured (>= 0; else, or when empty, estimated from the proxy).
-// `recompute[s]`: what stage s recomputes (checkpointed_segments()). An
+// `recompute[s]`: what stage s recomputes (checkpointed_segments()). With
+// `virtual_stages` v, the stages are p·v chunks, rank r holding r, r+p, ... An
 // attention core recomputed saves the bytes its ops output (the proxy's
 // analytic count) and keeps the tensors leaving it.
 std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& proxy,
@@ -42,7 +43,8 @@ std::vector<StageActivationMemory> predict_activation_memory(const ProxyGraph& p
                                                              const std::vector<std::vector<int>>& layers_of_stage,
                                                              const std::vector<StageRecompute>& recompute,
                                                              const std::string& schedule, int microbatches,
-                                                             const std::string& policy_summary);
+                                                             const std::string& policy_summary,
+                                                             int virtual_stages = 1);
 
 // Everything choosing a pipeline's recomputation needs.
 struct PipelineRecomputeInputs {
@@ -51,6 +53,7 @@ struct PipelineRecomputeInputs {
   std::vector<std::vector<int>> layers_of_stage;
   std::string schedule;
   int microbatches = 1;
+  int virtual_stages = 1;  // layers_of_stage has pipeline ranks x this many stages
 };
 
 // What every stage recomputes under `settings` (the one place the trainer and

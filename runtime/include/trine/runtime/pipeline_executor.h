@@ -1,10 +1,13 @@
-// Runs one pipeline stage's instruction list (schedules/) for a training
-// step: forwards and backwards of microbatches through the stage's graph,
-// activations and gradients exchanged with the stages that produce and read
-// them, data-parallel gradient averaging overlapped with the last backward,
-// and the sum of tied parameters' gradients across the stages holding them.
+// Runs one pipeline rank's instruction list (schedules/) for a training step:
+// forwards and backwards of microbatches through its stage's graph (or, under
+// an interleaved schedule, through each of its v stages, the model chunks:
+// rank r of p holds stages r, r+p, ...), activations and gradients exchanged
+// with the stages that produce and read them (through memory when both are
+// on this rank), data-parallel gradient averaging overlapped with the last
+// backward, and the sum of tied parameters' gradients across the stages
+// holding them.
 //
-// Each rank holds its own copy of its stage's parameters and buffers (created
+// Each rank holds its own copy of its stages' parameters and buffers (created
 // from the traced model's tensors); tied copies stay identical because their
 // gradients are summed before every optimizer step. Buffers the graph updates
 // in place (BatchNorm statistics) are updated once per microbatch forwarded
@@ -23,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <tuple>
 #include <memory>
 #include <vector>
 
@@ -31,9 +35,9 @@ namespace trine {
 class BufferSync;
 
 struct ExecutorGroups {
-  Communicator* pp = nullptr;               // group rank == stage
-  Communicator* dp = nullptr;               // this stage's replicas
-  std::map<int, Communicator*> tied;        // parameter id -> the stages (same replica) that hold it
+  Communicator* pp = nullptr;               // group rank == pipeline rank (stage s is on rank s mod p)
+  Communicator* dp = nullptr;               // this rank's replicas
+  std::map<int, Communicator*> tied;        // parameter id -> the ranks (same replica) whose stages hold it
 };
 
 // Wall seconds of the last step by instruction kind: what a stage computed and
@@ -46,13 +50,17 @@ struct StepTimings {
   int64_t peak_bytes = 0;  // with ExecutorOptions::measure_memory: most bytes allocated during the step above its start
 };
 
+// Layers of one stage run as checkpointed segments (each inner list one
+// segment): a forward F keeps only their inputs, the backward (or an R)
+// recomputes them (StageExecution::checkpoint_layers).
+struct StageCheckpointing {
+  std::vector<std::vector<int>> layer_segments;
+  bool attention_cores = false;  // selective: every other layer's attention core too
+};
+
 struct ExecutorOptions {
   uint64_t seed = 0;
-  // Layers of this stage run as checkpointed segments (each inner list one
-  // segment): a forward F keeps only their inputs, the backward (or an R)
-  // recomputes them (StageExecution::checkpoint_layers).
-  std::vector<std::vector<int>> checkpointed_layers;
-  bool checkpoint_attention_cores = false;  // selective: every other layer's attention core too
+  std::vector<StageCheckpointing> checkpointing;  // per model chunk of this rank; empty: keep everything
   int64_t bucket_bytes = 1 << 20;
   bool measure_memory = false;  // count the step's allocations (StepTimings::peak_bytes)
   c10::Device device = c10::kCPU;
@@ -61,9 +69,10 @@ struct ExecutorOptions {
 class PipelineExecutor {
  public:
   // `stages`: every stage's program (the topology comes from all of them);
-  // this rank runs `stage` with `program`.
-  PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages, int stage,
-                   std::vector<Instruction> program, ExecutorGroups groups, ExecutorOptions options);
+  // this is pipeline rank `rank` of `ranks`, holding stages rank, rank +
+  // ranks, ... (stages.size() / ranks of them), and runs `program`.
+  PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages, int rank,
+                   int ranks, std::vector<Instruction> program, ExecutorGroups groups, ExecutorOptions options);
   ~PipelineExecutor();
 
   // One step over this replica's batch (every input and target split along
@@ -72,23 +81,25 @@ class PipelineExecutor {
   void run_step(const SampleBatch& batch, int64_t first_microbatch, const std::function<void()>& optimizer_step);
 
   // Mean loss of this step's microbatches forwarded so far: a float64 scalar
-  // on the stage's device (0 except on the last stage), kept there so that
-  // no microbatch waits on a device-to-host copy.
+  // on the rank's device (0 except on the rank holding the last stage), kept
+  // there so that no microbatch waits on a device-to-host copy.
   torch::Tensor mean_loss() const { return loss_sum_ / microbatches_; }
   // Microbatches per step: those the program forwards (0 .. m-1).
   int microbatches() const { return microbatches_; }
   c10::Device device() const { return options_.device; }
-  int stage() const { return stage_; }
-  bool is_last_stage() const { return stage_ + 1 == static_cast<int>(stages_.size()); }
-  const StageProgram& program() const { return stages_[stage_]; }
-  // This stage's trainable parameter copies, and whether this stage is the
-  // first holder of each (the one that counts it in the global norm).
+  // The stages this rank holds, chunk by chunk, and their programs.
+  std::vector<int> stages() const;
+  const StageProgram& stage_program(int stage) const { return stages_.at(stage); }
+  // This rank's trainable parameter copies (every stage's), and whether the
+  // stage holding each is the first holder of it (the one that counts it in
+  // the global norm).
   const std::vector<torch::Tensor>& parameters() const { return trainable_; }
   const std::vector<bool>& owns() const { return owned_; }
-  // The copy of parameter `id` (ProxyGraph parameter id) held here, or undefined.
+  // The copy of parameter `id` (ProxyGraph parameter id) held here (by the
+  // first of this rank's stages that holds it), or undefined.
   torch::Tensor parameter(int id) const;
   const GradientBuckets& buckets() const { return *buckets_; }
-  // Buffers this stage updates in a way that cannot be combined across
+  // Buffers this rank's stages update in a way that cannot be combined across
   // replicas exactly: after each step they take replica 0's values.
   std::vector<std::string> buffers_from_replica_0() const;
   // Puts the buffers back as they were before this step (a skipped step).
@@ -97,43 +108,34 @@ class PipelineExecutor {
 
  private:
   struct Microbatch;
-  // Receives posted and sends started; where each received tensor goes.
-  struct PostedTransfers {
-    struct Target {
-      int mb;
-      bool grad;
-      int position;  // input index (activation) or output index (gradient)
-    };
-    std::vector<Target> targets;
-    PendingReceives receives;
-    std::vector<int> sends_gradient;  // per transfer: the microbatch whose gradient it sends, else -1
-  };
-  Microbatch& state_of(int mb);
+  struct Chunk;
+  struct PostedTransfers;
+  Chunk& chunk(int c);
   // F (`checkpoint` false) or F* (keep only the stage's inputs).
-  void forward(int mb, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint);
-  void backward(int mb);
+  void forward(const Instruction& ins, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint);
+  void backward(const Instruction& ins);
   void communicate(const Instruction& ins);
   // R: its transfers posted, the microbatch recomputed, then the transfers finished.
   void recompute(const Instruction& ins);
   PostedTransfers post_transfers(const std::vector<Transfer>& transfers);
   void finish_transfers(PostedTransfers posted);
+  // Sends (or, to a stage of this rank, hands over) the tensors of one transfer.
+  void send(const torch::Tensor& t, int from_stage, int to_stage, int mb, bool grad, int slot);
+  uint32_t tag_of(int mb, bool grad, int from_stage, int to_stage, int slot) const;
   void reduce_grads();
+  void sum_tied_gradients();
 
   std::vector<StageProgram> stages_;
-  int stage_;
+  int rank_, ranks_;
   std::vector<Instruction> program_;
   ExecutorGroups groups_;
   ExecutorOptions options_;
-  std::unique_ptr<StageExecution> execution_;  // this stage's parameters, forward and backward
+  std::vector<std::unique_ptr<Chunk>> chunks_;  // chunk c runs stage rank + c·ranks
   std::vector<torch::Tensor> trainable_;
   std::vector<bool> owned_;
-  // Transfers: per peer stage, the positions (inputs or outputs) in value order.
-  std::vector<std::pair<int, std::vector<int>>> recv_from_, send_to_;
-  std::map<int, std::unique_ptr<Microbatch>> live_;
-  // Per stage input: the traced shape and dtype of a received activation, if known.
-  std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes_;
   std::unique_ptr<GradientBuckets> buckets_;
-  std::unique_ptr<BufferSync> buffers_;  // in-place buffer updates, combined across replicas
+  // Transfers between two stages of this rank: (grad, microbatch, from, to, slot) -> tensor.
+  std::map<std::tuple<bool, int, int, int, int>, torch::Tensor> local_;
   int microbatches_ = 0;
   int last_backward_ = -1;  // instruction index of the step's final backward
   torch::Tensor loss_sum_;

@@ -44,7 +44,8 @@ struct TrainConfig {
   ParallelConfig parallel;
   int64_t global_batch = 0;  // samples per step over all replicas; 0: the sample batch's size
   int microbatches = 1;      // per replica and step
-  std::string schedule = "1f1b";  // gpipe | 1f1b
+  std::string schedule = "1f1b";  // a name from schedules/schedule_registry.h
+  int virtual_stages = 1;         // model chunks per pipeline rank (interleaved_1f1b: >= 2); the plan has pp x this stages
   PartitionConfig partition;
   OptimizerConfig optimizer;
   LrScheduleConfig lr_schedule;

@@ -54,7 +54,7 @@ class Trainer {
   int rank() const;
   int world_size() const;
   const ProcessGrid& grid() const;
-  int stage() const;     // this rank's pipeline stage
+  int stage() const;     // this rank's pipeline rank: its stage, or under interleaving its first (it also holds stage + k·pp)
   int replica() const;   // this rank's data-parallel index
   int64_t steps_done() const;
   // Steps whose loss or global gradient norm was NaN or infinite: skipped on
