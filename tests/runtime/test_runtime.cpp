@@ -138,6 +138,34 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
               c.recompute.policy = "full";
             }).find("raise \"microbatches\""),
             std::string::npos);
+  // Interleaving: virtual_stages must suit the schedule, m a multiple of pp.
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.pp = 2;
+              c.microbatches = 4;
+              c.schedule = "interleaved_1f1b";
+            }).find("config.virtual_stages = 1: schedule 'interleaved_1f1b' runs at least 2 model chunks"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.pp = 2;
+              c.virtual_stages = 2;
+            }).find("config.virtual_stages = 2: schedule '1f1b' runs one model chunk per pipeline rank; use "
+                    "\"interleaved_1f1b\""),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.pp = 4;
+              c.microbatches = 6;
+              c.schedule = "interleaved_1f1b";
+              c.virtual_stages = 2;
+            }).find("needs the microbatches (6) to be a multiple of the pipeline ranks (4)"),
+            std::string::npos);
+  TrainConfig interleaved;
+  interleaved.parallel.pp = 4;
+  interleaved.microbatches = 8;
+  interleaved.schedule = "interleaved_1f1b";
+  interleaved.virtual_stages = 3;
+  interleaved.recompute.policy = "selective";
+  EXPECT_NO_THROW(interleaved.check());
+  EXPECT_EQ(TrainConfig::from_json({{"schedule", "interleaved_1f1b"}, {"virtual_stages", 2}}).virtual_stages, 2);
   TrainConfig fine;
   fine.parallel.pp = 4;
   fine.microbatches = 4;

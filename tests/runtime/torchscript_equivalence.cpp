@@ -29,6 +29,7 @@ struct Args {
   std::string fixtures, name;
   int dp = 1, pp = 1, microbatches = 2, steps = 10;
   std::string schedule = "1f1b";
+  int virtual_stages = 1;  // config.virtual_stages (interleaved_1f1b)
   std::string recompute = "none";  // config.recompute.policy of trine's run (the reference keeps everything)
   double tolerance = 1e-5;         // losses, and all of a rank's parameters together
   double tensor_tolerance = 1e-4;  // each parameter and buffer by itself
@@ -87,6 +88,7 @@ TrainConfig config_of(const Args& a, int64_t global_batch) {
   c.global_batch = global_batch;
   c.microbatches = a.microbatches;
   c.schedule = a.schedule;
+  c.virtual_stages = a.virtual_stages;
   c.recompute.policy = a.recompute;
   // SGD with momentum: Adam divides by the gradient's own size, so parameters
   // whose gradient is zero up to rounding (BERT's key biases) move by noise,
@@ -162,6 +164,7 @@ int main(int argc, char** argv) {
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
   app.add_option("--schedule", a.schedule);
+  app.add_option("--virtual-stages", a.virtual_stages);
   app.add_option("--recompute", a.recompute);
   app.add_option("--microbatches", a.microbatches);
   app.add_option("--steps", a.steps);
