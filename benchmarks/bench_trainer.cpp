@@ -8,7 +8,10 @@
 //       job (or a single process with --pp 1): samples/s of the Trainer.
 //       With --recompute POLICY (and --recompute-ratio/-every), every rank
 //       prints its stage's line: step time, time recomputing, peak bytes
-//       allocated during a step (benchmarks/bench_recompute.sh).
+//       allocated during a step (benchmarks/bench_recompute.sh). With
+//       --schedule interleaved_1f1b --virtual-stages V, each rank runs V
+//       model chunks; --per-rank makes every rank print its line with its time
+//       waiting on peers (benchmarks/bench_interleaved.sh).
 //
 // Each run prints one JSON line (prefixed "json: ") for the script to collect.
 #include "bench_timing.h"
@@ -29,6 +32,7 @@ namespace {
 struct Args {
   std::string mode = "pipeline";
   std::string schedule = "1f1b";
+  int virtual_stages = 1;
   int pp = 1, dp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
   int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
   RecomputeSettings recompute;
@@ -53,6 +57,7 @@ TrainConfig config_of(const Args& a) {
   c.global_batch = a.global_batch;
   c.microbatches = a.microbatches;
   c.schedule = a.schedule;
+  c.virtual_stages = a.virtual_stages;
   c.steps = a.warmup + a.steps;
   c.log_every = 0;
   c.partition.method = "dp";
@@ -71,6 +76,9 @@ int main(int argc, char** argv) try {
   app.add_option("--mode", a.mode)->check(CLI::IsMember({"pipeline", "plain-vs-trainer"}));
   app.add_option("--pp", a.pp);
   app.add_option("--schedule", a.schedule);
+  app.add_option("--virtual-stages", a.virtual_stages);
+  bool per_rank = false;
+  app.add_flag("--per-rank", per_rank, "every rank prints its JSON line");
   app.add_option("--dp", a.dp);
   app.add_option("--microbatches", a.microbatches);
   app.add_option("--steps", a.steps);
@@ -84,7 +92,7 @@ int main(int argc, char** argv) try {
   app.add_option("--recompute-ratio", a.recompute.ratio);
   app.add_option("--recompute-every", a.recompute.every);
   CLI11_PARSE(app, argc, argv);
-  a.per_rank = app.count("--recompute") > 0;
+  a.per_rank = per_rank || app.count("--recompute") > 0;
   torch::set_num_threads(a.threads);
   nlohmann::json out{{"mode", a.mode}, {"layers", a.layers}, {"hidden", a.hidden}, {"seq_len", a.seq},
                      {"global_batch", a.global_batch}, {"microbatches", a.microbatches}, {"threads", a.threads},
@@ -112,8 +120,9 @@ int main(int argc, char** argv) try {
                  "gradient sync %.1f ms, optimizer %.1f ms\n", trainer.rank(), trainer.stage(), 1e3 * sum.forward_s,
                  1e3 * sum.backward_s, 1e3 * sum.communicate_s, 1e3 * sum.reduce_s, 1e3 * sum.optimizer_s);
     const double step_s = bench::median(times);
-    out.update({{"schedule", a.schedule}, {"pp", a.pp}, {"dp", a.dp}, {"ranks", trainer.world_size()}, {"step_s", step_s},
-                {"samples_per_s", a.global_batch / step_s}});
+    out.update({{"schedule", a.schedule}, {"virtual_stages", a.virtual_stages}, {"pp", a.pp}, {"dp", a.dp},
+                {"ranks", trainer.world_size()}, {"step_s", step_s}, {"samples_per_s", a.global_batch / step_s},
+                {"communicate_s", sum.communicate_s}});
     if (a.per_rank) {
       out.update({{"rank", trainer.rank()}, {"stage", trainer.stage()}, {"recompute", a.recompute.policy},
                   {"recompute_ratio", a.recompute.ratio}, {"recompute_s", sum.recompute_s},

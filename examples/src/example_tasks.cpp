@@ -62,6 +62,7 @@ ExampleModel make_example_model(const ModelSpec& s) {
     cfg.hidden = s.hidden;
     cfg.layers = s.layers;
     cfg.dropout = s.dropout;
+    cfg.distinct_layers = s.distinct_layers;
     ex::SkipModel model(cfg);
     m.ptr = model.ptr();
     m.module = torch::nn::AnyModule(model);

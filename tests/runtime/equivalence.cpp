@@ -26,7 +26,7 @@ using namespace trine;
 namespace {
 
 struct Args {
-  std::string model = "gpt";  // gpt | gpt_tied | skip
+  std::string model = "gpt";  // gpt | gpt_tied | skip | skip_shared (hidden layers share weights)
   int dp = 1, pp = 1;
   std::string schedule = "1f1b";
   int virtual_stages = 1;           // config.virtual_stages (interleaved_1f1b)
@@ -49,10 +49,11 @@ struct Args {
 
 ModelSpec spec_of(const Args& a) {
   ModelSpec s = testing::small_gpt_spec(a.model == "gpt_tied", a.dropout);
-  if (a.model == "skip") {
+  if (a.model == "skip" || a.model == "skip_shared") {
     s.name = "skip";
     s.layers = 6;
     s.hidden = 32;
+    if (a.model == "skip_shared") s.distinct_layers = 2;  // layers 0, 2, 4 share weights, and 1, 3, 5
   }
   if (a.layers > 0) s.layers = a.layers;
   s.batch = a.global_batch;
@@ -180,7 +181,7 @@ std::vector<double> dropout_reference_run(const Args& a, const TrainConfig& c,
 int main(int argc, char** argv) {
   Args a;
   CLI::App app{"trine multi-process equivalence check"};
-  app.add_option("--model", a.model)->check(CLI::IsMember({"gpt", "gpt_tied", "skip"}));
+  app.add_option("--model", a.model)->check(CLI::IsMember({"gpt", "gpt_tied", "skip", "skip_shared"}));
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
   app.add_option("--schedule", a.schedule);

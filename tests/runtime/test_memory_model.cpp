@@ -3,8 +3,9 @@
 // dropout runs its own instruction list (forwards, F*, R, backwards, in the
 // schedule's order, transfers left out) on its StageExecution, and the most
 // bytes it holds between instructions must be within 10% of the prediction,
-// for 1F1B and the shifted critical path under none, full, stage_aware and
-// selective, and stage_aware by memory limit (full recomputation's most
+// for 1F1B, the shifted critical path and interleaved 1F1B (the same 4
+// stages on 2 ranks, each stage running its chunk's instructions) under none,
+// full, stage_aware and selective, and stage_aware by memory limit (full recomputation's most
 // loaded stage as the budget: every stage fits it, recomputing fewer layers).
 #include "../support/reference.h"
 #include "trine/frontend/allocation_counter.h"
@@ -123,15 +124,25 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   in.layer_bytes_selective = selective_bytes;
   in.layers_of_stage = layers_of_stage;
   in.microbatches = m;
-  for (const std::string schedule : {"1f1b", "shifted_critical_path"}) {
+  // Stage s's own instructions: under interleaving, its rank's for its chunk.
+  auto program_of = [&](const std::string& schedule, int v, int s) {
+    const int ranks = p / v;
+    std::vector<Instruction> mine;
+    for (const Instruction& ins : stage_schedule(schedule, ranks, m, s % ranks, v))
+      if (ins.chunk == s / ranks) mine.push_back(ins);
+    return mine;
+  };
+  for (const auto& [schedule, v] : std::vector<std::pair<std::string, int>>{
+           {"1f1b", 1}, {"shifted_critical_path", 1}, {"interleaved_1f1b", 2}}) {
     in.schedule = schedule;
+    in.virtual_stages = v;
     // Full recomputation's most loaded stage sets the budget of stage_aware by memory limit.
     RecomputeSettings full;
     full.policy = "full";
     int64_t full_peak = 0;
     int full_layers = 0;
     for (const auto& row : predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage,
-                                                     recompute_for_pipeline(full, in), schedule, m, "full")) {
+                                                     recompute_for_pipeline(full, in), schedule, m, "full", v)) {
       full_peak = std::max(full_peak, row.peak);
       full_layers += row.recomputed_layers;
     }
@@ -148,13 +159,13 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
       if (settings.policy == "none" && find_schedule(schedule).needs_recompute) continue;
       const auto plan = recompute_for_pipeline(settings, in);
       const auto predicted =
-          predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage, plan, schedule, m, policy);
+          predict_activation_memory(proxy, layer_bytes, selective_bytes, layers_of_stage, plan, schedule, m, policy, v);
       int recomputed_layers = 0;
       for (int s = 0; s < p; ++s) {
         SCOPED_TRACE(schedule + " / " + policy + ", stage " + std::to_string(s) + ": " + predicted[s].why);
         StageExecution exec(stages[s], traced, proxy);
         exec.checkpoint_layers(plan[s].layer_segments, plan[s].attention_cores);
-        const int64_t measured = measured_peak(exec, stage_schedule(schedule, p, m, s), batch, m);
+        const int64_t measured = measured_peak(exec, program_of(schedule, v, s), batch, m);
         std::printf("%s %s stage %d: predicted %lld, measured %lld bytes (%+.1f%%)\n", schedule.c_str(),
                     policy.c_str(), s, static_cast<long long>(predicted[s].peak), static_cast<long long>(measured),
                     100.0 * (measured - predicted[s].peak) / std::max<int64_t>(1, predicted[s].peak));

@@ -20,6 +20,7 @@ struct ModelSpec {
   int64_t batch = 8;         // microbatch size
   double dropout = 0.0;
   bool tied = false;         // GPT: tie the LM head to the token embedding
+  int64_t distinct_layers = 0;  // skip: > 0 = hidden layer i reuses layer (i mod this)'s weights
   uint64_t seed = 0;         // initial weights and data
 };
 

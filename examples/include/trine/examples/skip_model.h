@@ -1,6 +1,7 @@
 // An MLP whose skip connections jump over several layers: the output of layer i
 // is added (in place) to the pre-activation of layer i + span. Written with
-// in-place ops (add_, relu_) on purpose, since users' models have them. Plain torch::nn only.
+// in-place ops (add_, relu_) on purpose, since users' models have them. Its
+// hidden layers may share weights (distinct_layers). Plain torch::nn only.
 #pragma once
 #include <torch/torch.h>
 
@@ -12,6 +13,9 @@ struct SkipConfig {
   int64_t classes = 8;
   int64_t layers = 6;      // hidden layers
   int64_t span = 3;        // a skip joins `span` layers later
+  // > 0: hidden layer i runs with the weights of layer i mod this (weights
+  // shared across the depth, as ALBERT shares its blocks); 0: all distinct.
+  int64_t distinct_layers = 0;
   double dropout = 0.0;
 };
 
