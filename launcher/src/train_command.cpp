@@ -123,8 +123,10 @@ int run_train(const TrainArgs& args) {
   Trainer& trainer = *j.trainer;
   if (trainer.rank() == 0) {
     const auto& p = job.train.parallel;
-    std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule, %d microbatches of %lld\n",
-                trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), job.train.schedule.c_str(),
+    const std::string chunks =
+        job.train.virtual_stages > 1 ? " (" + std::to_string(job.train.virtual_stages) + " stages per rank)" : "";
+    std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld\n",
+                trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), job.train.schedule.c_str(), chunks.c_str(),
                 job.train.microbatches,
                 static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)));
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());

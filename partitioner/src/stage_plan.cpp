@@ -124,7 +124,25 @@ std::string StagePlan::table() const {
                 "method %s; slowest stage %.3f ms, mean %.3f ms, imbalance (slowest / mean) %.3f; "
                 "bytes cut per microbatch %.1f KiB\n",
                 method.c_str(), slowest_stage_s() * 1e3, mean_stage_s() * 1e3, imbalance(), cut_bytes() / 1024.0);
-  os << line << "costs: " << cost_source << "\n";
+  os << line;
+  const int v = pipeline.virtual_stages, ranks = num_stages() / v;
+  if (v > 1) {
+    os << "interleaved: each of " << ranks << " pipeline ranks holds " << v << " stages:";
+    for (int r = 0; r < ranks; ++r) {
+      double time_s = 0, memory = 0;
+      os << (r ? ";" : "") << " rank " << r << " stages";
+      for (int c = 0; c < v; ++c) {
+        const PlanStage& st = stages[c * ranks + r];
+        os << (c ? "," : "") << " " << c * ranks + r;
+        time_s += st.time_s();
+        memory += mib(st.memory_bytes);
+      }
+      std::snprintf(line, sizeof line, " (%.3f ms, at most %.2f MiB)", time_s * 1e3, memory);
+      os << line;
+    }
+    os << "\n";
+  }
+  os << "costs: " << cost_source << "\n";
   return os.str();
 }
 

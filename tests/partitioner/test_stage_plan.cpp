@@ -126,6 +126,13 @@ TEST(StagePlan, LoadRejectsBrokenPlansSayingWhere) {
     EXPECT_ERROR(load(j), "not a trine stage plan");
   }
   {
+    json j = good;  // 3 stages
+    j["virtual_stages"] = 2;
+    EXPECT_ERROR(load(j), "the plan's virtual_stages = 2: schedule '1f1b' runs one model chunk per pipeline rank");
+    j["schedule"] = "interleaved_1f1b";
+    EXPECT_ERROR(load(j), "the plan has 3 stages, not a multiple of its virtual_stages (2)");
+  }
+  {
     json j = good;
     j["memory_limit_bytes"] = 1000;
     EXPECT_ERROR(load(j), "above the memory limit of 1000 B");
