@@ -2,6 +2,7 @@
 // configs and the learning-rate schedule, launcher detection, Gloo
 // communicators and gradient buckets (ranks as threads), and the trainer on
 // one process (nn::Module and TorchScript models, checkpoints).
+#include "../support/error_of.h"
 #include "../support/reference.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
@@ -24,14 +25,7 @@
 namespace trine {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(ProcessGrid, OrderGivesCoordinatesAndGroups) {
   ProcessGrid g(2, 2, 2, "tp-dp-pp", 8);  // tp fastest, then dp, pp slowest

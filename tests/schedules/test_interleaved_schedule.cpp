@@ -1,6 +1,7 @@
 // Interleaved 1F1B: every rank runs v model chunks (rank r: stages r, r+p,
 // ...). Proven with blocking sends for p <= 16, v <= 4, m <= 64 (multiples
 // of p); streams, in-flight counts and errors checked.
+#include "../support/error_of.h"
 #include "trine/schedules/pipeline_schedule.h"
 #include "trine/schedules/schedule_checker.h"
 #include "trine/schedules/schedule_registry.h"
@@ -10,14 +11,7 @@
 namespace trine {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(InterleavedSchedule, ProvenWithBlockingSendsUpTo16RanksAnd64Microbatches) {
   for (int p = 2; p <= 16; ++p)
