@@ -1,12 +1,14 @@
 // trine's one-line API on a model trine knows nothing about.
 //
-// A user's own torch::nn::Module (a small residual MLP classifier), a loss, a
+// A user's own torch::nn::Module (a small residual MLP classifier, plain
+// torch::nn in examples/include/trine/examples/residual_mlp.h), a loss, a
 // sample batch and a config become a 3D-parallel trainer in one call; the
 // same program runs alone or as every rank of a job:
 //
 //   build/bin/one_line_trainer                                  # one process
 //   mpirun -np 4 build/bin/one_line_trainer --dp 2 --pp 2       # 2 replicas x 2 stages
 //   torchrun --standalone --nproc-per-node 2 --no-python build/bin/one_line_trainer --pp 2
+#include "trine/examples/residual_mlp.h"
 #include "trine/runtime/trainer.h"
 
 #include <cstdlib>
@@ -14,34 +16,6 @@
 #include <iostream>
 
 namespace {
-
-// The user's model: nothing trine-specific in it.
-struct BlockImpl : torch::nn::Module {
-  BlockImpl(int64_t width) : fc1(register_module("fc1", torch::nn::Linear(width, 2 * width))),
-                             fc2(register_module("fc2", torch::nn::Linear(2 * width, width))),
-                             norm(register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))) {}
-  torch::Tensor forward(torch::Tensor x) { return x + fc2(torch::gelu(fc1(norm(x)))); }
-  torch::nn::Linear fc1, fc2;
-  torch::nn::LayerNorm norm;
-};
-TORCH_MODULE(Block);
-
-struct ClassifierImpl : torch::nn::Module {
-  ClassifierImpl(int64_t in, int64_t width, int64_t depth, int64_t classes) {
-    embed = register_module("embed", torch::nn::Linear(in, width));
-    blocks = register_module("blocks", torch::nn::ModuleList());
-    for (int64_t i = 0; i < depth; ++i) blocks->push_back(Block(width));
-    head = register_module("head", torch::nn::Linear(width, classes));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    x = embed(x);
-    for (auto& b : *blocks) x = b->as<Block>()->forward(x);
-    return head(x);
-  }
-  torch::nn::Linear embed{nullptr}, head{nullptr};
-  torch::nn::ModuleList blocks{nullptr};
-};
-TORCH_MODULE(Classifier);
 
 // Data that needs no download: points around 8 centres, labelled by centre.
 trine::SampleBatch blobs(int64_t step, int64_t rows) {
@@ -63,7 +37,7 @@ int flag(int argc, char** argv, const char* name, int fallback) {
 int main(int argc, char** argv) try {
   torch::set_num_threads(1);
   torch::manual_seed(0);  // every rank builds the same initial model
-  Classifier model(16, 64, 6, 8);
+  trine::examples::ResidualMlp model(16, 64, 6, 8);
   auto loss = [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& targets) {
     return torch::nn::functional::cross_entropy(out[0], targets[0]);
   };

@@ -6,6 +6,7 @@
 #include "trine/frontend/proxy_graph.h"
 #include "trine/partitioner/stage_plan.h"
 #include "trine/recompute/recompute_policy.h"
+#include "trine/tensor_parallel/sharding_analysis.h"
 
 #include <CLI/CLI.hpp>
 
@@ -37,6 +38,8 @@ StagePlan make_plan(const LoadedModel& model, const ProxyGraph& proxy, const Pla
 struct InspectArgs {
   ModelArgs model;
   std::string json_out;
+  int tp = 1;                       // > 1: also print the tensor-parallel decision of every linear
+  ShardingOverrides tp_overrides;   // --tp-column / --tp-row / --tp-replicate patterns
 };
 CLI::App* add_inspect_command(CLI::App& app, InspectArgs& args);
 int run_inspect(const InspectArgs& args);

@@ -1,0 +1,132 @@
+// The sharding analysis finds Megatron's layout by propagation: on the
+// example GPT, q/k/v (fused) and the first MLP linear column-parallel, the
+// attention output and second MLP linear row-parallel, heads split in the
+// views, two all-reduces per block; the LM head and linears whose split
+// output would meet a layer norm or the loss stay whole; overrides are checked.
+#include "../support/error_of.h"
+#include "../support/reference.h"
+#include "trine/examples/residual_mlp.h"
+#include "trine/frontend/trace.h"
+#include "trine/tensor_parallel/sharding_analysis.h"
+#include "../../tensor_parallel/src/split_through_view.h"
+
+#include <gtest/gtest.h>
+
+namespace trine {
+namespace {
+
+using Mode = LinearDecision::Mode;
+
+TracedModel gpt(bool tied) {
+  ModelSpec spec = testing::small_gpt_spec(tied);
+  auto model = make_example_model(spec);
+  return trace(model.module, model.loss, model.batch(0));
+}
+
+const LinearDecision& decision(const ShardingAnalysis& a, const std::string& weight) {
+  for (const auto& d : a.linears)
+    if (d.weight == weight) return d;
+  throw std::runtime_error("no linear with weight " + weight);
+}
+
+TEST(ShardingAnalysis, FindsMegatronsLayoutOnTheGpt) {
+  const ShardingAnalysis a = analyze_sharding(gpt(false), 2);
+  std::printf("%s", sharding_table(a).c_str());
+  for (int b = 0; b < 2; ++b) {
+    const std::string p = "blocks." + std::to_string(b) + ".";
+    EXPECT_EQ(decision(a, p + "attn.qkv.weight").mode, Mode::Column);
+    EXPECT_EQ(decision(a, p + "attn.qkv.weight").blocks, 3);
+    EXPECT_EQ(decision(a, p + "attn.proj.weight").mode, Mode::Row);
+    EXPECT_EQ(decision(a, p + "fc.weight").mode, Mode::Column);
+    EXPECT_EQ(decision(a, p + "fc.weight").blocks, 1);
+    EXPECT_EQ(decision(a, p + "fc_out.weight").mode, Mode::Row);
+  }
+  const auto& head = decision(a, "head.weight");
+  EXPECT_EQ(head.mode, Mode::Replicated);
+  EXPECT_NE(head.why.find("cross_entropy"), std::string::npos) << head.why;
+  EXPECT_EQ(a.forward_allreduces, 4);  // one per row-parallel linear
+  // The views to [batch, seq, heads, head_dim] and back change their sizes.
+  EXPECT_EQ(a.reshapes, (std::vector<std::string>{"aten::view to [2, 8, 32]: dimension 2 of 32 becomes 16 per rank",
+                                                  "aten::view to [2, 8, 4, 8]: dimension 2 of 4 becomes 2 per rank"}));
+  // With 4 ranks the heads still divide; with 3 the fused q/k/v does not.
+  EXPECT_EQ(decision(analyze_sharding(gpt(false), 4), "blocks.0.attn.qkv.weight").mode, Mode::Column);
+  const auto three = analyze_sharding(gpt(false), 3);
+  EXPECT_EQ(decision(three, "blocks.0.attn.qkv.weight").mode, Mode::Replicated);
+  EXPECT_EQ(decision(three, "blocks.0.attn.proj.weight").mode, Mode::Replicated);
+  // With 8, the 4 heads do not split: attention stays whole, the MLP splits.
+  const auto eight = analyze_sharding(gpt(false), 8);
+  EXPECT_EQ(decision(eight, "blocks.0.attn.qkv.weight").mode, Mode::Replicated);
+  EXPECT_EQ(decision(eight, "blocks.0.fc.weight").mode, Mode::Column);
+}
+
+TEST(ShardingAnalysis, TiedHeadStaysWhole) {
+  const ShardingAnalysis a = analyze_sharding(gpt(true), 2);
+  const auto& head = decision(a, "tok_emb.weight");
+  EXPECT_EQ(head.mode, Mode::Replicated);
+  EXPECT_NE(head.why.find("also read by aten::embedding"), std::string::npos) << head.why;
+  EXPECT_EQ(decision(a, "blocks.1.fc.weight").mode, Mode::Column);
+}
+
+// The residual MLP of examples/one_line_trainer.cpp: the stem's split output
+// would meet the first block's layer norm, the head's the loss.
+TEST(ShardingAnalysis, ResidualMlpSplitsOnlyItsBlock) {
+  examples::ResidualMlp mlp(16, 32, 1, 8);
+  const SampleBatch sample{{torch::randn({4, 16})}, {torch::randint(0, 8, {4})}};
+  const auto traced = trace(torch::nn::AnyModule(mlp),
+                            [](const std::vector<torch::Tensor>& o, const std::vector<torch::Tensor>& t) {
+                              return torch::nn::functional::cross_entropy(o[0], t[0]);
+                            },
+                            sample);
+  const ShardingAnalysis a = analyze_sharding(traced, 2);
+  std::printf("%s", sharding_table(a).c_str());
+  EXPECT_EQ(decision(a, "embed.weight").mode, Mode::Replicated);
+  EXPECT_NE(decision(a, "embed.weight").why.find("layer_norm"), std::string::npos);
+  EXPECT_EQ(decision(a, "blocks.0.fc1.weight").mode, Mode::Column);
+  EXPECT_EQ(decision(a, "blocks.0.fc2.weight").mode, Mode::Row);
+  EXPECT_EQ(decision(a, "head.weight").mode, Mode::Replicated);
+  EXPECT_EQ(a.forward_allreduces, 1);
+
+  // Overrides: keeping the blocks whole is fine; forcing the stem column or
+  // the first block linear row is refused.
+  ShardingOverrides keep;
+  keep.replicate = {"blocks.*.fc*"};
+  const auto whole = analyze_sharding(traced, 2, keep);
+  EXPECT_EQ(decision(whole, "blocks.0.fc1.weight").mode, Mode::Replicated);
+  EXPECT_EQ(decision(whole, "blocks.0.fc2.weight").mode, Mode::Replicated);
+  EXPECT_EQ(whole.forward_allreduces, 0);
+  ShardingOverrides bad;
+  bad.column = {"embed.weight"};
+  const std::string err = testing::error_of([&] { analyze_sharding(traced, 2, bad); });
+  EXPECT_NE(err.find("tensor_parallel.column (--tp-column) 'embed.weight' makes 'embed.weight' column-parallel, "
+                     "but its split output reaches aten::layer_norm"),
+            std::string::npos)
+      << err;
+  bad.column.clear();
+  bad.row = {"blocks.0.fc1.weight"};
+  EXPECT_NE(testing::error_of([&] { analyze_sharding(traced, 2, bad); })
+                .find("tensor_parallel.row (--tp-row) names 'blocks.0.fc1.weight'"),
+            std::string::npos);
+}
+
+// Views: heads out of features, features back from heads, batch x heads
+// merged (torchvision's attention), fused parts, and what cannot pass.
+TEST(ShardingAnalysis, SplitsPassViewsByElementGroups) {
+  auto through = [](std::vector<int64_t> in, std::vector<int64_t> out, Placement p, int tp) {
+    const auto v = split_through_view(in, out, p, tp);
+    return v.placement ? to_string(*v.placement) : "none: " + v.why;
+  };
+  EXPECT_EQ(through({2, 8, 32}, {2, 8, 4, 8}, Placement::split(2), 2), "split(2)");
+  EXPECT_EQ(through({2, 8, 4, 8}, {2, 8, 32}, Placement::split(2), 2), "split(2)");
+  EXPECT_EQ(through({8, 2, 32}, {8, 8, 8}, Placement::split(2), 2), "split(1, 2 blocks)");
+  EXPECT_EQ(through({8, 8, 8}, {2, 4, 8, 8}, Placement::split(0, 2), 2), "split(1)");
+  EXPECT_EQ(through({2, 8, 96}, {16, 96}, Placement::split(2, 3), 2), "split(1, 3 blocks)");
+  EXPECT_EQ(through({2, 8, 96}, {2, 8, 3, 32}, Placement::split(2, 3), 2), "split(3)");
+  // 4 heads do not split in 8; nor does the batch merged below the split.
+  EXPECT_EQ(through({2, 8, 32}, {2, 8, 4, 8}, Placement::split(2), 8).rfind("none", 0), 0u);
+  const auto fused = split_through_view({2, 8, 96}, {2, 8, 3, 32}, Placement::split(2), 2);
+  EXPECT_FALSE(fused.placement);
+  EXPECT_EQ(fused.wants_blocks, 3);
+}
+
+}  // namespace
+}  // namespace trine
