@@ -1,5 +1,6 @@
 #include "trine/tensor_parallel/sharding_analysis.h"
 
+#include "parameter_behind.h"
 #include "split_through_view.h"
 
 #include <torch/csrc/jit/ir/constants.h>
@@ -71,13 +72,6 @@ std::optional<std::vector<int64_t>> int_list(const Value* v) {
   return out;
 }
 
-// Ops that only look through a parameter: the weight of aten::linear may be
-// reached through aten::t and friends.
-const std::set<std::string>& pass_through_ops() {
-  static const std::set<std::string> ops{"aten::t", "aten::detach", "aten::to", "aten::contiguous"};
-  return ops;
-}
-
 // Elementwise ops whose output follows their (broadcast) tensor inputs.
 const std::set<std::string>& elementwise_ops() {
   static const std::set<std::string> ops{
@@ -115,7 +109,7 @@ class Propagation {
 
  private:
   void find_linears();
-  int parameter_behind(const Value* v) const;
+  int parameter_behind(const Value* v) const { return trine::parameter_behind(model_, v).input; }
   // One pass over the graph with the current forced decisions; true when it
   // changed a decision (another pass is needed).
   bool pass();
@@ -159,17 +153,6 @@ class Propagation {
   bool changed_ = false;
 };
 
-int Propagation::parameter_behind(const Value* v) const {
-  while (v->node()->kind() != c10::prim::Param) {
-    const Node* n = v->node();
-    if (!pass_through_ops().count(n->kind().toQualString()) || n->inputs().empty()) return -1;
-    v = n->input(0);
-  }
-  const size_t i = v->offset();
-  if (i >= model_.inputs.size() || model_.inputs[i].kind != InputKind::Parameter) return -1;
-  return static_cast<int>(i);
-}
-
 void Propagation::find_linears() {
   for (const Node* n : model_.graph->nodes()) {
     const std::string kind = n->kind().toQualString();
@@ -195,7 +178,7 @@ void Propagation::find_linears() {
   for (const Node* n : model_.graph->nodes())
     for (const Value* in : n->inputs()) {
       const int p = parameter_behind(in);
-      if (p >= 0 && !pass_through_ops().count(n->kind().toQualString())) readers[p].push_back(n);
+      if (p >= 0 && !looks_through(n)) readers[p].push_back(n);
     }
   for (const LinearSite& s : linears_) {
     const auto& r = readers[s.param];
@@ -562,6 +545,7 @@ ShardingAnalysis Propagation::run() {
   };
   for (const LinearSite& s : linears_) {
     LinearDecision d;
+    d.node = s.node;
     d.weight = model_.inputs[s.param].name;
     d.mode = mode_[s.node];
     d.blocks = d.mode == Mode::Column && blocks_.count(s.node) ? blocks_[s.node] : 1;

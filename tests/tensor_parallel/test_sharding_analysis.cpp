@@ -7,6 +7,7 @@
 #include "../support/reference.h"
 #include "trine/examples/residual_mlp.h"
 #include "trine/frontend/trace.h"
+#include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/sharding_analysis.h"
 #include "../../tensor_parallel/src/split_through_view.h"
 
@@ -106,6 +107,41 @@ TEST(ShardingAnalysis, ResidualMlpSplitsOnlyItsBlock) {
   EXPECT_NE(testing::error_of([&] { analyze_sharding(traced, 2, bad); })
                 .find("tensor_parallel.row (--tp-row) names 'blocks.0.fc1.weight'"),
             std::string::npos);
+}
+
+// Each rank's slices: column weights by output rows (q/k/v per fused part)
+// with their biases, row weights by input columns, row biases whole; the
+// slices of all ranks put back together are the whole parameter.
+TEST(ShardingAnalysis, ParameterShardsFollowTheDecisions) {
+  const TracedModel traced = gpt(false);
+  const auto shards = parameter_shards(traced, analyze_sharding(traced, 2));
+  auto shard = [&](const std::string& name) {
+    auto it = shards.find(name);
+    return it == shards.end() ? std::string("whole") : std::to_string(it->second.dim) + "/" +
+                                                         std::to_string(it->second.blocks);
+  };
+  EXPECT_EQ(shard("blocks.0.attn.qkv.weight"), "0/3");
+  EXPECT_EQ(shard("blocks.0.attn.qkv.bias"), "0/3");
+  EXPECT_EQ(shard("blocks.0.attn.proj.weight"), "1/1");
+  EXPECT_EQ(shard("blocks.0.attn.proj.bias"), "whole");
+  EXPECT_EQ(shard("blocks.1.fc.weight"), "0/1");
+  EXPECT_EQ(shard("blocks.1.fc.bias"), "0/1");
+  EXPECT_EQ(shard("blocks.1.fc_out.weight"), "1/1");
+  EXPECT_EQ(shard("blocks.1.ln2.weight"), "whole");
+  EXPECT_EQ(shard("head.weight"), "whole");
+  // The fused q/k/v weight [96, 32]: rank 1 holds rows 16-31, 48-63, 80-95.
+  const auto w = torch::arange(96 * 32).reshape({96, 32});
+  const ParameterShard qkv = shards.at("blocks.0.attn.qkv.weight");
+  const auto r1 = shard_of(w, qkv, 1, 2);
+  ASSERT_EQ(r1.sizes(), (std::vector<int64_t>{48, 32}));
+  EXPECT_TRUE(torch::equal(r1.narrow(0, 16, 16), w.narrow(0, 48, 16)));
+  const auto r0 = shard_of(w, qkv, 0, 2);
+  std::vector<torch::Tensor> back;
+  for (int b = 0; b < 3; ++b) {
+    back.push_back(r0.narrow(0, 16 * b, 16));
+    back.push_back(r1.narrow(0, 16 * b, 16));
+  }
+  EXPECT_TRUE(torch::equal(torch::cat(back, 0), w));
 }
 
 // Views: heads out of features, features back from heads, batch x heads

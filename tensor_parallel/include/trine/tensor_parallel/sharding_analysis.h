@@ -37,6 +37,7 @@ struct LinearDecision {
   Mode mode = Mode::Replicated;
   int blocks = 1;      // Column: fused parts of the output (3 for a fused q/k/v), each cut in t
   std::string why;
+  const torch::jit::Node* node = nullptr;  // the linear in the analysed graph
 };
 
 const char* to_string(LinearDecision::Mode mode);

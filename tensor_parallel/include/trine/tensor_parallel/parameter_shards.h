@@ -1,0 +1,27 @@
+// Which slice of every parameter a tensor-parallel rank holds, from the
+// sharding analysis (docs/design.md §5a): a column-parallel linear's weight
+// by its output features (per fused block), a row-parallel one's by its input
+// features, a bias added to a split output along that split; everything else
+// whole. Slices come from the same initial weights as the whole model, so a
+// tp run starts where single-process training does.
+#pragma once
+#include "trine/tensor_parallel/sharding_analysis.h"
+
+#include <map>
+#include <string>
+
+namespace trine {
+
+struct ParameterShard {
+  int dim = -1;    // the parameter's dimension cut in t; -1: whole on every rank
+  int blocks = 1;  // equal blocks of `dim`, each cut in t (fused q/k/v)
+  bool whole() const { return dim < 0; }
+};
+
+// Per parameter name (the graph input's), its shard; parameters not listed are whole.
+std::map<std::string, ParameterShard> parameter_shards(const TracedModel& model, const ShardingAnalysis& analysis);
+
+// Rank `rank` of `tp`'s slice of `whole` (a copy; `whole` itself when not cut).
+torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp);
+
+}  // namespace trine
