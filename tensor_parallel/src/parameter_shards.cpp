@@ -4,6 +4,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <set>
+
 namespace trine {
 
 namespace {
@@ -53,16 +55,16 @@ void shard_linears(std::map<std::string, ParameterShard>& out, const TracedModel
 // the split: each rank takes its slice (a bias after a traced matmul).
 void shard_operands_of_split_values(std::map<std::string, ParameterShard>& out, const TracedModel& model,
                                     const ShardingAnalysis& a) {
+  std::set<const torch::jit::Node*> linears;
+  for (const LinearDecision& d : a.linears) linears.insert(d.node);
   for (const torch::jit::Node* n : model.graph->nodes()) {
+    if (linears.count(n)) continue;
     if (n->outputs().size() != 1) continue;
     auto placed = a.placements.find(n->output());
     if (placed == a.placements.end() || !placed->second.is_split()) continue;
     const auto out_type = n->output()->type()->cast<c10::TensorType>();
     const auto out_shape = out_type ? out_type->sizes().concrete_sizes() : std::nullopt;
     if (!out_shape) continue;
-    bool linear = false;
-    for (const LinearDecision& d : a.linears) linear = linear || d.node == n;
-    if (linear) continue;
     for (const torch::jit::Value* in : n->inputs()) {
       const ParameterUse p = parameter_behind(model, in);
       if (p.input < 0 || p.transposed) continue;

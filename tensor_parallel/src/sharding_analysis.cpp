@@ -129,8 +129,8 @@ class Propagation {
   void replicate_outputs(const Node* n);
   Placement placement(const Value* v) const;
   void set(const Value* v, Placement p, std::set<const Node*> sources = {});
-  // A partial input of `n` is made whole first (one all-reduce).
-  void make_whole(const Node* n, const Value* v);
+  // A partial value is made whole before its consumer (one all-reduce).
+  void make_whole(const Value* v);
   int rank_of(const Value* v) const;
 
   const TracedModel& model_;
@@ -250,8 +250,7 @@ const std::string& Propagation::weight_name(const Node* linear) const {
   return model_.inputs[linears_[linear_index_.at(linear)].param].name;
 }
 
-void Propagation::make_whole(const Node* n, const Value* v) {
-  (void)n;
+void Propagation::make_whole(const Value* v) {
   ++allreduces_;
   place_[v] = Placement::replicated();
 }
@@ -275,7 +274,7 @@ void Propagation::linear(const LinearSite& site) {
   const auto w = *shape_of(n->input(site.weight));
   const int64_t out_features = site.weight_is_in_by_out ? w[1] : w[0];
   if (in.is_partial()) {
-    make_whole(n, x);
+    make_whole(x);
     in = Placement::replicated();
   }
   Mode mode = Mode::Replicated;
@@ -335,7 +334,7 @@ void Propagation::elementwise(const Node* n) {
       return;
     }
     for (const Value* in : n->inputs())
-      if (is_tensor(in) && placement(in).is_partial()) make_whole(n, in);
+      if (is_tensor(in) && placement(in).is_partial()) make_whole(in);
   }
   if (disagree) {
     for (const Value* in : n->inputs())
@@ -413,7 +412,7 @@ void Propagation::chunk(const Node* n) {
     parts = static_cast<int>((*shape_of(x))[dim] / *size);
   }
   Placement element = Placement::replicated();
-  if (in.is_partial()) make_whole(n, x);
+  if (in.is_partial()) make_whole(x);
   if (in.is_split() && in.dim != dim) element = in;
   if (in.is_split() && in.dim == dim) {
     if (in.blocks == parts) {
@@ -443,7 +442,7 @@ void Propagation::visit(const Node* n) {
     return viewlike(n);
   if (kind == "aten::softmax" || kind == "aten::log_softmax") {
     const Placement in = placement(n->input(0));
-    if (in.is_partial()) make_whole(n, n->input(0));
+    if (in.is_partial()) make_whole(n->input(0));
     const int rank = rank_of(n->input(0));
     const auto d = int_constant(n->input(1));
     const int dim = d ? static_cast<int>(*d < 0 ? *d + rank : *d) : -1;
@@ -455,7 +454,7 @@ void Propagation::visit(const Node* n) {
   }
   if (kind == "aten::layer_norm") {
     const Placement in = placement(n->input(0));
-    if (in.is_partial()) make_whole(n, n->input(0));
+    if (in.is_partial()) make_whole(n->input(0));
     const auto normalized = int_list(n->input(1));
     const int rank = rank_of(n->input(0));
     if (in.is_split() && (!normalized || in.dim >= rank - static_cast<int>(normalized->size()))) {
@@ -476,7 +475,7 @@ void Propagation::visit(const Node* n) {
       if (!is_tensor(in)) continue;
       Placement p = placement(in);
       if (p.is_partial()) {
-        make_whole(n, in);
+        make_whole(in);
         p = Placement::replicated();
       }
       if (!p.is_split()) {
@@ -498,7 +497,7 @@ void Propagation::visit(const Node* n) {
   // Anything else needs its inputs whole.
   for (const Value* in : n->inputs()) {
     if (!is_tensor(in)) continue;
-    if (placement(in).is_partial()) make_whole(n, in);
+    if (placement(in).is_partial()) make_whole(in);
     if (placement(in).is_split()) conflict(in, n, "(no rule splits it)");
   }
   replicate_outputs(n);
@@ -513,7 +512,7 @@ bool Propagation::pass() {
   changed_ = blocks_changed_ = false;
   for (const Node* n : model_.graph->nodes()) visit(n);
   for (const Value* o : model_.graph->outputs()) {
-    if (placement(o).is_partial()) make_whole(nullptr, o);
+    if (placement(o).is_partial()) make_whole(o);
     if (placement(o).is_split()) conflict(o, nullptr, "");
   }
   if (blocks_changed_) {
