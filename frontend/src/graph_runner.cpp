@@ -5,6 +5,7 @@
 
 #include <ATen/core/ivalue.h>
 #include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <mutex>
 #include <sstream>
@@ -40,6 +41,15 @@ std::string shape_str(c10::IntArrayRef s) {
 }
 
 }  // namespace
+
+bool draws_random_numbers(const jit::Node* node) {
+  if (node->maybeOperator() == nullptr) return false;
+  if (node->isNondeterministic()) return true;
+  const c10::FunctionSchema* schema = node->maybeSchema();
+  if (!schema) return false;
+  const auto op = c10::Dispatcher::singleton().findOp({schema->name(), schema->overload_name()});
+  return op && op->hasTag(at::Tag::nondeterministic_seeded);
+}
 
 GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t> op_ids)
     : graph_(std::move(graph)), op_ids_(std::move(op_ids)) {
@@ -91,7 +101,7 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
           for (size_t a = 0; a < schema->arguments().size() && a < step.in.size(); ++a)
             if (const auto* alias = schema->arguments()[a].alias_info(); alias && alias->isWrite())
               step.written.push_back(step.in[a]);
-        step.random = node->isNondeterministic();
+        step.random = draws_random_numbers(node);
         step.rng_id = id;
         if (step.random) step.device = random_op_device(node);
     }

@@ -3,6 +3,7 @@
 #include "trine/frontend/proxy_graph.h"
 
 #include "graph_index.h"
+#include "trine/frontend/graph_runner.h"
 #include "trine/frontend/op_costs.h"
 
 #include <algorithm>
@@ -116,7 +117,7 @@ void fill_ops(ProxyGraph& g, const detail::GraphIndex& idx) {
     const jit::Node* node = idx.ops[o];
     ProxyOp& op = g.ops[o];
     op.kind = node->kind().toQualString();
-    op.random = node->maybeOperator() != nullptr && node->isNondeterministic();
+    op.random = draws_random_numbers(node);
     op.flops = forward_flops(node);
     // An in-place update of a buffer (BatchNorm's num_batches_tracked += 1)
     // reads buffers alone but must run once per forward where the buffer

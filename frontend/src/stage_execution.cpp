@@ -122,7 +122,7 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
       auto core = segment_of_op.find(op);
       if (it != segment_of_layer.end() || core != segment_of_op.end()) {
         segment_of_node[position] = it != segment_of_layer.end() ? it->second : core->second;
-        checkpoints_random_ = checkpoints_random_ || node->isNondeterministic();
+        checkpoints_random_ = checkpoints_random_ || draws_random_numbers(node);
       }
     }
     ++position;

@@ -54,6 +54,7 @@ class StageBuilder {
     for (size_t o = 0; o < idx_.ops.size(); ++o)
       if (stage_of_op_[o] == prog_.stage) append(idx_.ops[o], static_cast<int>(o));
     add_outputs();
+    for (const auto& [traced, mine] : env_) prog_.source[mine] = traced;
     prog_.runner = GraphRunner(prog_.graph, op_ids_);
     return std::move(prog_);
   }

@@ -303,7 +303,7 @@ void Propagation::linear(const LinearSite& site) {
   if (mode == Mode::Column)
     set(n->output(), Placement::split(out_rank - 1, blocks_.count(n) ? blocks_[n] : 1), {n});
   else if (mode == Mode::Row)
-    set(n->output(), Placement::partial());
+    make_whole(n->output());  // summed inside the linear, before its bias (stage_sharding.h)
   else
     set(n->output(), Placement::replicated());
 }

@@ -4,44 +4,14 @@
 // the unsplit MLP's output, input gradient and weight gradients (sliced).
 #include "trine/tensor_parallel/collectives.h"
 
+#include "../support/in_process_group.h"
+
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <mutex>
 #include <thread>
 
 namespace trine {
 namespace {
-
-// Sums tensors across `ranks` threads: every call is one collective, and
-// every thread calls in the same order.
-class InProcessGroup {
- public:
-  explicit InProcessGroup(int ranks) : ranks_(ranks) {}
-
-  void all_reduce(torch::Tensor& t) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int64_t round = round_;
-    sum_ = arrived_ == 0 ? t.clone() : sum_ + t;
-    if (++arrived_ == ranks_) {
-      result_ = sum_;
-      arrived_ = 0;
-      ++round_;
-      done_.notify_all();
-    } else {
-      done_.wait(lock, [&] { return round_ != round; });
-    }
-    t.copy_(result_);
-  }
-
- private:
-  int ranks_;
-  std::mutex mutex_;
-  std::condition_variable done_;
-  int arrived_ = 0;
-  int64_t round_ = 0;
-  torch::Tensor sum_, result_;
-};
 
 TEST(TensorParallelCollectives, MegatronMlpPairEqualsTheWholeMlp) {
   torch::manual_seed(0);
@@ -58,7 +28,7 @@ TEST(TensorParallelCollectives, MegatronMlpPairEqualsTheWholeMlp) {
   auto whole = torch::linear(torch::gelu(torch::linear(xr, w1r, b1r)), w2r, b2r);
   whole.backward(seed);
 
-  InProcessGroup group(tp);
+  testing::InProcessGroup group(tp);
   const AllReduceSum all_reduce = [&](torch::Tensor& t) { group.all_reduce(t); };
   std::vector<torch::Tensor> outputs(tp), x_grads(tp), w1_grads(tp), w2_grads(tp), b1_grads(tp), b2_grads(tp);
   std::vector<std::thread> ranks;

@@ -38,6 +38,11 @@ struct RngPolicy {
 struct CheckpointPlan;
 class SegmentRun;
 
+// Whether running `node` draws from a random generator: LibTorch's own
+// nondeterministic ops (dropout, rand, bernoulli, ...) and any registered op
+// tagged nondeterministic_seeded (a custom dropout such as tensor_parallel's).
+bool draws_random_numbers(const torch::jit::Node* node);
+
 class GraphRunner {
  public:
   GraphRunner() = default;

@@ -17,6 +17,7 @@
 #include "trine/frontend/traced_model.h"
 
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 namespace trine {
@@ -42,6 +43,10 @@ struct StageProgram {
   std::shared_ptr<torch::jit::Graph> graph;
   std::vector<StageInput> inputs;    // graph inputs, in order
   std::vector<StageOutput> outputs;  // graph outputs, in order
+  // Each value of `graph` -> the traced model's value it copies (constants
+  // included), for passes that rewrite a stage from what is known of the
+  // whole model (tensor_parallel/).
+  std::unordered_map<const torch::jit::Value*, const torch::jit::Value*> source;
   GraphRunner runner;
 };
 

@@ -5,9 +5,9 @@
 //   - column-parallel when its input is replicated: its output is split
 //     along the features (and, when a chunk or split of it follows, the
 //     weight is cut per fused part, as for q/k/v);
-//   - row-parallel when its input is split along the features: its output
-//     is a partial sum, made whole by one all-reduce where a consumer needs
-//     it whole;
+//   - row-parallel when its input is split along the features: each rank's
+//     product is a partial sum, made whole by one all-reduce inside the
+//     linear (before its bias is added), so its output is whole;
 //   - replicated otherwise, and whenever a column-parallel output would
 //     reach an op that cannot take it split (a layer norm over the split
 //     dimension, a loss, an op the rules do not know): the analysis then

@@ -1,0 +1,21 @@
+// Internal to tensor_parallel/: the LibTorch operators a tensor-parallel
+// stage graph calls (registered under the namespace trine_tp), and the
+// symbols stage_sharding.cpp creates nodes with.
+//   trine_tp::enter(Tensor x, int group)   identity forward, all-reduce backward
+//   trine_tp::leave(Tensor x, int group)   all-reduce forward, identity backward
+//   trine_tp::dropout(Tensor x, float p, bool train, int[] whole, int dim,
+//                     int blocks, int rank, int tp)
+//       dropout of this rank's piece of a split value with the single-process
+//       mask: the mask of the whole value is drawn (the same numbers a whole
+//       aten::dropout draws) and this rank's piece of it applied. Tagged
+//       nondeterministic_seeded, so the graph runner seeds it like dropout.
+#pragma once
+#include <ATen/core/symbol.h>
+
+namespace trine::tp_ops {
+
+c10::Symbol enter();
+c10::Symbol leave();
+c10::Symbol dropout();
+
+}  // namespace trine::tp_ops

@@ -1,0 +1,309 @@
+#include "trine/tensor_parallel/stage_sharding.h"
+
+#include "graph_ops.h"
+#include "parameter_behind.h"
+
+#include "trine/frontend/graph_runner.h"
+
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <c10/util/Exception.h>
+
+#include <unordered_map>
+
+namespace trine {
+
+namespace {
+
+using torch::jit::Node;
+using torch::jit::Value;
+using Mode = LinearDecision::Mode;
+
+std::optional<std::vector<int64_t>> concrete_shape(const Value* v) {
+  const auto t = v->type()->cast<c10::TensorType>();
+  if (!t) return std::nullopt;
+  return t->sizes().concrete_sizes();
+}
+
+bool is_floating_tensor(const Value* v) {
+  const auto t = v->type()->cast<c10::TensorType>();
+  return t && (!t->scalarType() || c10::isFloatingType(*t->scalarType()));
+}
+
+class StageRewrite {
+ public:
+  StageRewrite(StageProgram& stage, const StageShardingContext& c) : stage_(stage), c_(c), graph_(*stage.graph) {
+    size_t position = 0;
+    for (const Node* n : graph_.nodes()) id_of_[n] = stage.runner.op_id(position++);
+    for (const LinearDecision& d : c.analysis->linears) decision_of_[d.node] = &d;
+  }
+
+  void run() {
+    for (Value* in : graph_.inputs()) localize_input(in);
+    std::vector<Node*> nodes(graph_.nodes().begin(), graph_.nodes().end());
+    for (Node* n : nodes) rewrite(n);
+    std::vector<int64_t> ids;
+    for (const Node* n : graph_.nodes()) {
+      auto it = id_of_.find(n);
+      ids.push_back(it == id_of_.end() ? -1 : it->second);
+    }
+    stage_.runner = GraphRunner(stage_.graph, std::move(ids));
+  }
+
+ private:
+  const Value* source(const Value* v) const {
+    auto it = stage_.source.find(v);
+    return it == stage_.source.end() ? nullptr : it->second;
+  }
+
+  Placement placement(const Value* v) const {
+    const Value* s = source(v);
+    if (!s) return Placement::replicated();
+    auto it = c_.analysis->placements.find(s);
+    return it == c_.analysis->placements.end() ? Placement::replicated() : it->second;
+  }
+
+  // The cut of the parameter `v` is (seen through aten::t and the like), or nullopt.
+  std::optional<ParameterShard> shard_behind(const Value* v) const {
+    const Value* s = source(v);
+    if (!s) return std::nullopt;
+    const ParameterUse use = parameter_behind(*c_.model, s);
+    if (use.input < 0) return std::nullopt;
+    auto it = c_.shards->find(c_.model->inputs[use.input].name);
+    if (it == c_.shards->end()) return std::nullopt;
+    return it->second;
+  }
+
+  // Whole sizes as traced, and this rank's when `v` is split.
+  std::optional<std::vector<int64_t>> whole_sizes(const Value* v) const {
+    const Value* s = source(v);
+    return s ? concrete_shape(s) : std::nullopt;
+  }
+  std::optional<std::vector<int64_t>> local_sizes(const Value* v) const {
+    auto sizes = whole_sizes(v);
+    const Placement p = placement(v);
+    if (!sizes || !p.is_split()) return sizes;
+    TORCH_CHECK((*sizes)[p.dim] % c_.tp == 0, "tensor parallelism: ", describe(v), " has ", (*sizes)[p.dim],
+                " along its split dimension ", p.dim, ", which does not divide by tp = ", c_.tp);
+    (*sizes)[p.dim] /= c_.tp;
+    return sizes;
+  }
+
+  std::string describe(const Value* v) const {
+    return "value %" + v->debugName() + " (" + std::string(v->node()->kind().toQualString()) + ")";
+  }
+
+  void set_sizes(Value* v, const std::vector<int64_t>& sizes) {
+    if (auto t = v->type()->cast<c10::TensorType>()) v->setType(t->withSizes(sizes));
+  }
+
+  void localize_input(Value* in) {
+    if (auto shard = shard_behind(in); shard && !shard->whole()) {
+      auto sizes = *concrete_shape(in);
+      sizes[shard->dim] /= c_.tp;
+      return set_sizes(in, sizes);
+    }
+    if (placement(in).is_split())
+      if (auto sizes = local_sizes(in)) set_sizes(in, *sizes);
+  }
+
+  const LinearDecision* decision(const Node* n) const {
+    if (n->outputs().empty()) return nullptr;
+    const Value* s = source(n->output(0));
+    if (!s) return nullptr;
+    auto it = decision_of_.find(s->node());
+    return it == decision_of_.end() ? nullptr : it->second;
+  }
+
+  Value* constant(const c10::IValue& value, Node* before) {
+    torch::jit::WithInsertPoint guard(before);
+    return graph_.insertConstant(value);
+  }
+
+  Node* insert_op(c10::Symbol kind, const std::vector<Value*>& inputs, const c10::TypePtr& type, Node* before,
+                  int64_t op_id) {
+    Node* node = graph_.create(kind, inputs, 1);
+    node->insertBefore(before);
+    node->output()->setType(type);
+    id_of_[node] = op_id;
+    TORCH_INTERNAL_ASSERT(node->maybeOperator() != nullptr, "no operator for ", kind.toQualString());
+    return node;
+  }
+
+  void rewrite(Node* n) {
+    if (n->kind() == c10::prim::Constant) return;
+    if (const LinearDecision* d = decision(n); d && d->mode == Mode::Row) return rewrite_row(n);
+    bool split_out = false;
+    for (const Value* o : n->outputs()) split_out = split_out || placement(o).is_split();
+    if (!split_out) return check_not_random_on_split(n);
+    enter_whole_inputs(n);
+    if (n->kind() == c10::aten::dropout || n->kind() == c10::aten::dropout_) {
+      rewrite_dropout(n);
+      return;
+    }
+    check_not_random_on_split(n);
+    rewrite_sizes(n);
+    for (Value* o : n->outputs())
+      if (auto sizes = local_sizes(o)) set_sizes(o, *sizes);
+  }
+
+  void check_not_random_on_split(const Node* n) const {
+    if (!draws_random_numbers(n)) return;
+    for (const Value* v : n->inputs())
+      TORCH_CHECK(!placement(v).is_split(), "tensor parallelism cannot give ", n->kind().toQualString(),
+                  " the random numbers one process would draw: its input ", describe(v),
+                  " is split across the tp ranks (only aten::dropout has a rank-local form). Keep its linears whole "
+                  "with tensor_parallel.replicate, or run without tp");
+    for (const Value* v : n->outputs())
+      TORCH_CHECK(!placement(v).is_split(), "tensor parallelism cannot split the random op ", n->kind().toQualString(),
+                  "; keep its linears whole with tensor_parallel.replicate, or run without tp");
+  }
+
+  // Whole tensors that `n` turns into split ones: their gradient, a sum of
+  // every rank's part, is summed over the group on the way back.
+  void enter_whole_inputs(Node* n) {
+    for (size_t i = 0; i < n->inputs().size(); ++i) {
+      Value* v = n->input(i);
+      if (!is_floating_tensor(v) || !placement(v).is_replicated()) continue;
+      if (auto shard = shard_behind(v); shard && !shard->whole()) continue;
+      auto it = entered_.find(v);
+      if (it == entered_.end()) {
+        Value* g = constant(c_.group, n);
+        it = entered_.emplace(v, insert_op(tp_ops::enter(), {v, g}, v->type(), n, id_of_[n])->output()).first;
+      }
+      n->replaceInput(i, it->second);
+    }
+  }
+
+  // linear(x, w, b) -> leave(linear(x, w)) + b; addmm(b, x, w) -> leave(mm(x, w)) + b;
+  // matmul/mm(x, w) -> leave(matmul/mm(x, w)).
+  void rewrite_row(Node* n) {
+    const int64_t id = id_of_[n];
+    const c10::TypePtr type = n->output()->type();
+    Value* bias = nullptr;
+    Value* product = n->output();
+    Node* after = n->next();
+    if (n->kind() == c10::aten::linear) {
+      bias = n->inputs().size() > 2 && !n->input(2)->mustBeNone() ? n->input(2) : nullptr;
+      if (bias) {
+        Value* none = constant(c10::IValue(), n);
+        product = insert_op(c10::aten::linear, {n->input(0), n->input(1), none}, type, n, id)->output();
+      }
+    } else if (n->kind() == c10::aten::addmm) {
+      for (size_t i = 3; i < n->inputs().size(); ++i) {
+        const auto scale = torch::jit::toIValue(n->input(i));
+        TORCH_CHECK(scale && (scale->isInt() || scale->isDouble()) && scale->toScalar().to<double>() == 1,
+                    "tensor parallelism: a row-parallel aten::addmm must have beta = alpha = 1");
+      }
+      bias = n->input(0);
+      product = insert_op(c10::aten::mm, {n->input(1), n->input(2)}, type, n, id)->output();
+    }
+    Value* g = constant(c_.group, after);
+    Node* leave = insert_op(tp_ops::leave(), {product, g}, type, after, id);
+    Value* out = leave->output();
+    if (bias) out = insert_op(c10::aten::add, {out, bias, constant(int64_t{1}, after)}, type, after, id)->output();
+    if (product == n->output()) {
+      n->output()->replaceAllUsesWith(out);
+      leave->replaceInput(0, n->output());
+    } else {
+      n->output()->replaceAllUsesWith(out);
+      id_of_.erase(n);
+      n->destroy();
+    }
+  }
+
+  void rewrite_dropout(Node* n) {
+    Value* x = n->input(0);
+    const Placement p = placement(x);
+    const auto whole = whole_sizes(x);
+    TORCH_CHECK(whole, "tensor parallelism: the dropout of ", describe(x), " has no traced shape");
+    if (n->kind() == c10::aten::dropout_)
+      for (const torch::jit::Use& use : x->uses())
+        TORCH_CHECK(use.user == n || use.user->isBefore(n), "tensor parallelism: the in-place dropout of ",
+                    describe(x), " is read again through its input; use an out-of-place dropout");
+    const auto type = n->output()->type()->cast<c10::TensorType>()->withSizes(*local_sizes(x));
+    Node* d = insert_op(tp_ops::dropout(),
+                        {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{p.dim}, n),
+                         constant(int64_t{p.blocks}, n), constant(int64_t{c_.rank}, n), constant(int64_t{c_.tp}, n)},
+                        type, n, id_of_[n]);
+    stage_.source[d->output()] = source(n->output());
+    n->output()->replaceAllUsesWith(d->output());
+    id_of_.erase(n);
+    n->destroy();
+  }
+
+  // Size arguments that carry a split dimension take this rank's sizes.
+  void rewrite_sizes(Node* n) {
+    const std::string kind = n->kind().toQualString();
+    if (kind == "aten::view" || kind == "aten::reshape" || kind == "aten::_unsafe_view" || kind == "aten::expand") {
+      if (auto sizes = local_sizes(n->output()); sizes && sizes != whole_sizes(n->output()))
+        n->replaceInput(1, constant(*sizes, n));
+    } else if (kind == "aten::unflatten") {
+      const auto sizes = local_sizes(n->output());
+      const auto dim = torch::jit::constant_as<int64_t>(n->input(1));
+      const auto parts = torch::jit::constant_as<std::vector<int64_t>>(n->input(2));
+      const auto in = whole_sizes(n->input(0));
+      if (sizes && dim && in) {
+        const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
+        const size_t count = sizes->size() - in->size() + 1;
+        n->replaceInput(2, constant(std::vector<int64_t>(sizes->begin() + d, sizes->begin() + d + count), n));
+      }
+      TORCH_CHECK(sizes && dim, "tensor parallelism: aten::unflatten of ", describe(n->input(0)),
+                  " needs constant dimension and traced shapes");
+      (void)parts;
+    } else if (kind == "aten::split" || kind == "aten::split_with_sizes") {
+      const Placement p = placement(n->input(0));
+      const auto dim = torch::jit::constant_as<int64_t>(n->input(2));
+      const auto in = whole_sizes(n->input(0));
+      TORCH_CHECK(dim && in, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs a constant dimension");
+      const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
+      if (p.dim != d) return;
+      if (auto size = torch::jit::constant_as<int64_t>(n->input(1))) {
+        TORCH_CHECK(*size % c_.tp == 0, "tensor parallelism: ", kind, " into parts of ", *size,
+                    ", which do not divide by tp = ", c_.tp);
+        n->replaceInput(1, constant(*size / c_.tp, n));
+      } else if (auto sizes = torch::jit::constant_as<std::vector<int64_t>>(n->input(1))) {
+        for (auto& s : *sizes) {
+          TORCH_CHECK(s % c_.tp == 0, "tensor parallelism: ", kind, " into a part of ", s,
+                      ", which does not divide by tp = ", c_.tp);
+          s /= c_.tp;
+        }
+        n->replaceInput(1, constant(*sizes, n));
+      } else {
+        TORCH_CHECK(false, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs constant sizes");
+      }
+    }
+  }
+
+  StageProgram& stage_;
+  const StageShardingContext& c_;
+  torch::jit::Graph& graph_;
+  std::unordered_map<const Node*, int64_t> id_of_;
+  std::unordered_map<const Node*, const LinearDecision*> decision_of_;
+  std::unordered_map<const Value*, Value*> entered_;
+};
+
+}  // namespace
+
+void shard_stage(StageProgram& stage, const StageShardingContext& context) {
+  TORCH_CHECK(context.model && context.analysis && context.shards, "shard_stage: incomplete context");
+  TORCH_CHECK(context.tp == context.analysis->tp, "shard_stage: the analysis is for tp = ", context.analysis->tp,
+              ", the rank is one of ", context.tp);
+  if (context.tp == 1) return;
+  StageRewrite(stage, context).run();
+}
+
+TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::string, ParameterShard>& shards,
+                                  int rank, int tp) {
+  TracedModel local = model;
+  for (GraphInput& in : local.inputs) {
+    auto it = shards.find(in.name);
+    if (it == shards.end() || it->second.whole()) continue;
+    torch::NoGradGuard no_grad;
+    in.value = shard_of(in.value, it->second, rank, tp).contiguous().clone().requires_grad_(in.value.requires_grad());
+  }
+  return local;
+}
+
+}  // namespace trine

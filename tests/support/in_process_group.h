@@ -1,0 +1,45 @@
+// Collectives among threads that stand for the ranks of a group (tests of
+// tensor parallelism without processes): every call is one collective, and
+// every thread calls in the same order.
+#pragma once
+#include <torch/torch.h>
+
+#include <condition_variable>
+#include <mutex>
+
+namespace trine::testing {
+
+class InProcessGroup {
+ public:
+  explicit InProcessGroup(int ranks) : ranks_(ranks) {}
+
+  void all_reduce(torch::Tensor& t) { combine(t, [](const torch::Tensor& a, const torch::Tensor& b) { return a + b; }); }
+  void all_reduce_max(torch::Tensor& t) { combine(t, [](const torch::Tensor& a, const torch::Tensor& b) { return torch::maximum(a, b); }); }
+
+ private:
+  template <typename Op>
+  void combine(torch::Tensor& t, Op op) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int64_t round = round_;
+    acc_ = arrived_ == 0 ? t.detach().clone() : op(acc_, t.detach());
+    if (++arrived_ == ranks_) {
+      result_ = acc_;
+      arrived_ = 0;
+      ++round_;
+      done_.notify_all();
+    } else {
+      done_.wait(lock, [&] { return round_ != round; });
+    }
+    torch::NoGradGuard no_grad;
+    t.copy_(result_);
+  }
+
+  int ranks_;
+  std::mutex mutex_;
+  std::condition_variable done_;
+  int arrived_ = 0;
+  int64_t round_ = 0;
+  torch::Tensor acc_, result_;
+};
+
+}  // namespace trine::testing
