@@ -69,6 +69,14 @@ void Communicator::allreduce_sum(torch::Tensor& t) {
   wait(allreduce_sum_async(t), "an all-reduce");
 }
 
+void Communicator::allreduce_max(torch::Tensor& t) {
+  if (!backend_) return;
+  std::vector<torch::Tensor> ts{t};
+  c10d::AllreduceOptions options;
+  options.reduceOp = c10d::ReduceOp::MAX;
+  wait(backend_->allreduce(ts, options), "an all-reduce (max)");
+}
+
 void Communicator::barrier() {
   if (!backend_) return;
   wait(backend_->barrier(), "a barrier");

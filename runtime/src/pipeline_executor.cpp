@@ -144,7 +144,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
     for (auto it = me.params.rbegin(); it != me.params.rend(); ++it)
       if (held.at(*it).requires_grad()) {
         trainable_.push_back(held.at(*it));
-        owned_.push_back(first_holder[*it] == chunk->stage);
+        owned_.push_back(first_holder[*it] == chunk->stage && !options_.not_counted_in_norm.count(*it));
       }
   }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);

@@ -20,6 +20,14 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.parallel.order = p.get("order", c.parallel.order);
     p.finish();
   }
+  {
+    auto t = r.object("tensor_parallel");
+    c.tensor_parallel.column = t.get("column", c.tensor_parallel.column);
+    c.tensor_parallel.row = t.get("row", c.tensor_parallel.row);
+    c.tensor_parallel.replicate = t.get("replicate", c.tensor_parallel.replicate);
+    c.tensor_parallel.sub_microbatches = t.get("sub_microbatches", c.tensor_parallel.sub_microbatches);
+    t.finish();
+  }
   c.global_batch = r.get("global_batch", c.global_batch);
   c.microbatches = r.get("microbatches", c.microbatches);
   c.schedule = r.get("schedule", c.schedule);
@@ -90,8 +98,13 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
 }
 
 void TrainConfig::check() const {
-  TORCH_CHECK(parallel.tp == 1, "config.parallel.tp is ", parallel.tp,
-              ", but tensor parallelism is not implemented yet: use tp = 1");
+  TORCH_CHECK(parallel.tp >= 1, "config.parallel.tp must be at least 1, got ", parallel.tp);
+  TORCH_CHECK(tensor_parallel.sub_microbatches == 1, "config.tensor_parallel.sub_microbatches is ",
+              tensor_parallel.sub_microbatches, ", but sub-pipelined tensor parallelism is not implemented yet: use 1");
+  const bool overrides = !tensor_parallel.column.empty() || !tensor_parallel.row.empty() ||
+                         !tensor_parallel.replicate.empty();
+  TORCH_CHECK(parallel.tp > 1 || !overrides, "config.tensor_parallel.column/row/replicate are set, but "
+              "config.parallel.tp is 1: set tp > 1 or remove them");
   TORCH_CHECK(global_batch >= 0, "config.global_batch must be positive (or 0: the sample's batch size)");
   TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
   const ScheduleSpec& spec = find_schedule(schedule, "config.schedule");

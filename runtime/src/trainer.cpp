@@ -14,6 +14,10 @@
 #include "trine/runtime/pipeline_executor.h"
 #include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_checker.h"
+#include "trine/tensor_parallel/parameter_shards.h"
+#include "trine/tensor_parallel/sharding_analysis.h"
+#include "trine/tensor_parallel/stage_sharding.h"
+#include "trine/tensor_parallel/tensor_parallel_group.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
@@ -105,8 +109,17 @@ struct Trainer::Impl {
   TracedModel traced;
   ProxyGraph proxy;
   std::unique_ptr<StagePlan> plan;
-  std::unique_ptr<Communicator> world, dp, pp;
+  std::unique_ptr<Communicator> world, dp, pp, tp;
   std::vector<std::unique_ptr<Communicator>> tied_groups;
+  // Tensor parallelism (tp > 1): the layout, every parameter's cut, this
+  // rank's place in its tp group, the group as the stage graphs' ops see it
+  // (it outlives the executor, whose autograd graphs name it), and the traced
+  // model with this rank's parameter slices (what its stages start from).
+  ShardingAnalysis tp_analysis;
+  std::map<std::string, ParameterShard> tp_shards;
+  int tp_rank = 0;
+  std::unique_ptr<RegisteredGroup> tp_group;
+  TracedModel rank_model;
   std::unique_ptr<PipelineExecutor> executor;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   int64_t step = 0;
@@ -129,6 +142,11 @@ struct Trainer::Impl {
                      std::chrono::milliseconds timeout);
   ExecutorGroups make_groups(const std::vector<StageProgram>& stages, const std::string& prefix, c10::Device device,
                              std::chrono::milliseconds timeout);
+  // The tensor-parallel layout, found on the traced model alike on every rank
+  // (so that its errors are raised on every rank before any group forms).
+  void plan_tensor_parallel();
+  // This rank's stages rewritten for its tp rank, and its parameter slices.
+  void shard_stages(std::vector<StageProgram>& stages);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
   // Per stage, the layers it recomputes (config.recompute under this schedule).
   std::vector<StageRecompute> recompute_plan(const std::vector<StageProgram>& stages) const;
@@ -296,6 +314,7 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
   world = make_group("world", all);
   dp = make_group("dp", grid->group(rank, Dim::DP));
   pp = make_group("pp", grid->group(rank, Dim::PP));
+  tp = make_group("tp", grid->group(rank, Dim::TP));
   const int pipeline_ranks = config.parallel.pp;
   std::map<std::vector<int>, std::vector<int>> tied;  // holding pipeline ranks -> parameter ids
   for (size_t p = 0; p < proxy.params.size(); ++p) {
@@ -318,6 +337,33 @@ ExecutorGroups Trainer::Impl::make_groups(const std::vector<StageProgram>& stage
     for (int p : params) groups.tied[p] = tied_groups.back().get();
   }
   return groups;
+}
+
+void Trainer::Impl::plan_tensor_parallel() {
+  tp_rank = grid->coord(rank, Dim::TP);
+  rank_model = traced;
+  const int t = config.parallel.tp;
+  if (t == 1) return;
+  const auto& c = config.tensor_parallel;
+  try {
+    tp_analysis = analyze_sharding(traced, t, {c.column, c.row, c.replicate});
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config.tensor_parallel: ", e.what_without_backtrace());
+  }
+  check_tensor_parallel_layout(tp_analysis, "config.parallel.tp", "config.tensor_parallel.replicate");
+  tp_shards = parameter_shards(traced, tp_analysis);
+  rank_model = with_parameter_shards(traced, tp_shards, tp_rank, t);
+}
+
+void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
+  const int t = config.parallel.tp;
+  if (t == 1) return;
+  Communicator* group = tp.get();
+  tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
+      tp_rank, t, [group](torch::Tensor& x) { group->allreduce_sum(x); },
+      [group](torch::Tensor& x) { group->allreduce_max(x); }});
+  for (StageProgram& stage : stages)
+    shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id()});
 }
 
 std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
@@ -350,8 +396,12 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, p, plan->pipeline.microbatches, stage, v);
-  executor = std::make_unique<PipelineExecutor>(traced, proxy, std::move(stages), stage, p, std::move(program), groups,
-                                                eo);
+  // Whole parameters every tp rank holds count once in the global norm: on tp rank 0.
+  if (tp_rank != 0)
+    for (size_t i = 0; i < proxy.params.size(); ++i)
+      if (!tp_shards.count(proxy.params[i].name)) eo.not_counted_in_norm.insert(static_cast<int>(i));
+  executor = std::make_unique<PipelineExecutor>(rank_model, proxy, std::move(stages), stage, p, std::move(program),
+                                                groups, eo);
   TORCH_INTERNAL_ASSERT(executor->microbatches() == split.microbatches, "the schedule program runs ",
                         executor->microbatches(), " microbatches per step, the batch is split into ",
                         split.microbatches);
@@ -387,8 +437,10 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
     for (auto& t : *list) t = t.to(device);
   const std::string trace_error = m.trace_model(tracer, first, device);
   m.agree_on_plan(*store, trace_error, first, timeout);
+  m.plan_tensor_parallel();
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
   const ExecutorGroups groups = m.make_groups(stages, prefix, device, timeout);
+  m.shard_stages(stages);
   prove_schedule(config, *m.plan, stages, device);
   m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
@@ -396,8 +448,10 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
 }
 
 // Clip by the global norm (each parameter counted once: by its first holder,
-// in one replica's worth), then step. One all-reduce over every rank carries
-// both the squared norm and the step's loss.
+// in one replica's worth, and a whole one on tp rank 0 only; a cut one by
+// every tp rank, each its slice), then step. One all-reduce over every rank
+// carries both the squared norm and the step's loss (which every tp rank of
+// the last stage holds).
 void Trainer::Impl::optimizer_step() {
   torch::NoGradGuard no_grad;
   const auto& params = executor->parameters();
@@ -406,8 +460,8 @@ void Trainer::Impl::optimizer_step() {
   auto sq = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(executor->device()));
   for (size_t i = 0; i < params.size(); ++i)
     if (owns[i] && params[i].grad().defined()) sq += params[i].grad().to(torch::kFloat64).pow(2).sum();
-  const double replicas = config.parallel.dp;
-  auto both = torch::stack({executor->mean_loss(), sq}) / replicas;
+  const double replicas = config.parallel.dp, loss_copies = replicas * config.parallel.tp;
+  auto both = torch::stack({executor->mean_loss() / loss_copies, sq / replicas});
   world->allreduce_sum(both);
   both = both.cpu();
   last_loss = both[0].item<double>();
@@ -498,7 +552,8 @@ void Trainer::save_checkpoint(const std::string& dir) const {
       archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());
     std::ostringstream bytes;
     archive.save_to(bytes);
-    write_file_atomically(dir + "/stage-" + std::to_string(stage) + ".pt", bytes.str());
+    const std::string tp_part = m.config.parallel.tp > 1 ? "-tp" + std::to_string(m.tp_rank) : "";
+    write_file_atomically(dir + "/stage-" + std::to_string(stage) + tp_part + ".pt", bytes.str());
   }
 }
 
@@ -523,6 +578,16 @@ torch::Tensor Trainer::parameter(const std::string& name) const {
   const int p = impl_->proxy.find_param(name);
   TORCH_CHECK(p >= 0, "the model has no parameter named '", name, "'");
   return impl_->executor->parameter(p);
+}
+
+int Trainer::tensor_parallel_rank() const { return impl_->tp_rank; }
+
+torch::Tensor Trainer::tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const {
+  const int p = impl_->proxy.find_param(name);
+  TORCH_CHECK(p >= 0, "the model has no parameter named '", name, "'");
+  auto it = impl_->tp_shards.find(impl_->proxy.params[p].name);
+  if (it == impl_->tp_shards.end()) return whole;
+  return shard_of(whole, it->second, impl_->tp_rank, impl_->config.parallel.tp);
 }
 
 }  // namespace trine

@@ -21,6 +21,10 @@ at::Tensor leave_op(const at::Tensor& x, int64_t group) {
   return leave_parallel_region(x, registered_group(group).sum);
 }
 
+at::Tensor piece_op(const at::Tensor& x, int64_t dim, int64_t blocks, int64_t rank, int64_t tp) {
+  return shard_of(x, {static_cast<int>(dim), static_cast<int>(blocks)}, static_cast<int>(rank), static_cast<int>(tp));
+}
+
 // Ones of shape `whole` whose memory is laid out like `x` (dimensions in the
 // order of x's strides), as empty_like lays out the noise of a whole dropout.
 at::Tensor ones_laid_out_like(const at::Tensor& x, at::IntArrayRef whole) {
@@ -51,6 +55,7 @@ namespace tp_ops {
 c10::Symbol enter() { return c10::Symbol::fromQualString("trine_tp::enter"); }
 c10::Symbol leave() { return c10::Symbol::fromQualString("trine_tp::leave"); }
 c10::Symbol dropout() { return c10::Symbol::fromQualString("trine_tp::dropout"); }
+c10::Symbol piece() { return c10::Symbol::fromQualString("trine_tp::piece"); }
 
 }  // namespace tp_ops
 
@@ -59,6 +64,7 @@ c10::Symbol dropout() { return c10::Symbol::fromQualString("trine_tp::dropout");
 TORCH_LIBRARY(trine_tp, m) {
   m.def("enter(Tensor x, int group) -> Tensor", &trine::enter_op);
   m.def("leave(Tensor x, int group) -> Tensor", &trine::leave_op);
+  m.def("piece(Tensor x, int dim, int blocks, int rank, int tp) -> Tensor", &trine::piece_op);
   m.def("dropout(Tensor x, float p, bool train, int[] whole, int dim, int blocks, int rank, int tp) -> Tensor",
         &trine::dropout_op, {at::Tag::nondeterministic_seeded});
 }

@@ -3,6 +3,9 @@
 // symbols stage_sharding.cpp creates nodes with.
 //   trine_tp::enter(Tensor x, int group)   identity forward, all-reduce backward
 //   trine_tp::leave(Tensor x, int group)   all-reduce forward, identity backward
+//   trine_tp::piece(Tensor x, int dim, int blocks, int rank, int tp)
+//       this rank's piece of a whole value (parameter_shards.h's shard_of),
+//       for a whole operand of an op whose other operands are split
 //   trine_tp::dropout(Tensor x, float p, bool train, int[] whole, int dim,
 //                     int blocks, int rank, int tp)
 //       dropout of this rank's piece of a split value with the single-process
@@ -17,5 +20,6 @@ namespace trine::tp_ops {
 c10::Symbol enter();
 c10::Symbol leave();
 c10::Symbol dropout();
+c10::Symbol piece();
 
 }  // namespace trine::tp_ops

@@ -144,6 +144,7 @@ class Propagation {
   // came from a layout that was not yet the one to judge, and are forgotten.
   bool blocks_changed_ = false;
   std::set<const Node*> reverted_;             // forced_ entries that came from conflicts
+  std::set<const Node*> indivisible_;          // forced_ entries because t does not divide a size
   // Per pass:
   std::unordered_map<const Value*, Placement> place_;
   std::unordered_map<const Value*, std::set<const Node*>> sources_;  // column linears whose split reaches it
@@ -226,6 +227,7 @@ void Propagation::conflict(const Value* v, const Node* n, const std::string& why
     os << ": kept whole";
     forced_[src] = os.str();
     reverted_.insert(src);
+    if (n && view_ops().count(n->kind().toQualString())) indivisible_.insert(src);
     changed_ = true;
   }
 }
@@ -287,6 +289,7 @@ void Propagation::linear(const LinearSite& site) {
     } else {
       forced_[n] = std::to_string(out_features) + " output features do not split in " + std::to_string(blocks) +
                    " x " + std::to_string(tp_) + ": kept whole";
+      indivisible_.insert(n);
       changed_ = true;
     }
   } else if (in.is_split() && in.dim == in_rank - 1 && in.blocks == 1 && !want_column) {
@@ -516,7 +519,10 @@ bool Propagation::pass() {
     if (placement(o).is_split()) conflict(o, nullptr, "");
   }
   if (blocks_changed_) {
-    for (const Node* n : reverted_) forced_.erase(n);
+    for (const Node* n : reverted_) {
+      forced_.erase(n);
+      indivisible_.erase(n);
+    }
     reverted_.clear();
   }
   return changed_;
@@ -548,6 +554,7 @@ ShardingAnalysis Propagation::run() {
     d.weight = model_.inputs[s.param].name;
     d.mode = mode_[s.node];
     d.blocks = d.mode == Mode::Column && blocks_.count(s.node) ? blocks_[s.node] : 1;
+    d.indivisible = d.mode == Mode::Replicated && indivisible_.count(s.node);
     if (d.mode == Mode::Column)
       d.why = "input whole, output split by features" +
               (feeds[s.node].empty() ? std::string() : " into " + list(feeds[s.node])) +
@@ -569,6 +576,24 @@ ShardingAnalysis Propagation::run() {
 ShardingAnalysis analyze_sharding(const TracedModel& model, int tp, const ShardingOverrides& overrides) {
   TORCH_CHECK(tp >= 1, "tensor parallelism needs tp >= 1, got ", tp);
   return Propagation(model, tp, overrides).run();
+}
+
+void check_tensor_parallel_layout(const ShardingAnalysis& a, const std::string& tp_key,
+                                  const std::string& replicate_key) {
+  if (a.tp == 1) return;
+  std::string indivisible;
+  int sharded = 0, listed = 0;
+  for (const auto& d : a.linears) {
+    if (d.mode != Mode::Replicated) ++sharded;
+    if (!d.indivisible) continue;
+    if (++listed <= 4) indivisible += "\n  " + d.weight + ": " + d.why;
+  }
+  if (listed > 4) indivisible += "\n  ... and " + std::to_string(listed - 4) + " more";
+  TORCH_CHECK(listed == 0, tp_key, " = ", a.tp, " does not divide what tensor parallelism would cut in ", listed,
+              " linear", listed == 1 ? "" : "s", " (their features, or the attention heads of a view):", indivisible,
+              "\nuse a tp that divides them, or keep them whole on purpose with ", replicate_key);
+  TORCH_CHECK(sharded > 0, tp_key, " = ", a.tp, ", but the model has no linear that tensor parallelism can cut (",
+              a.linears.size(), " linears, all kept whole): use tp = 1");
 }
 
 std::string sharding_table(const ShardingAnalysis& a) {

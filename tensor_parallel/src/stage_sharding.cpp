@@ -10,6 +10,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <map>
+#include <tuple>
 #include <unordered_map>
 
 namespace trine {
@@ -148,8 +150,15 @@ class StageRewrite {
       if (auto sizes = local_sizes(o)) set_sizes(o, *sizes);
   }
 
+  // Scaled-dot-product attention draws numbers only for its dropout.
+  static bool draws_nothing(const Node* n) {
+    if (n->kind() != c10::aten::scaled_dot_product_attention || n->inputs().size() < 5) return false;
+    const auto p = torch::jit::toIValue(n->input(4));
+    return p && p->isDouble() && p->toDouble() == 0;
+  }
+
   void check_not_random_on_split(const Node* n) const {
-    if (!draws_random_numbers(n)) return;
+    if (!draws_random_numbers(n) || draws_nothing(n)) return;
     for (const Value* v : n->inputs())
       TORCH_CHECK(!placement(v).is_split(), "tensor parallelism cannot give ", n->kind().toQualString(),
                   " the random numbers one process would draw: its input ", describe(v),
@@ -161,8 +170,11 @@ class StageRewrite {
   }
 
   // Whole tensors that `n` turns into split ones: their gradient, a sum of
-  // every rank's part, is summed over the group on the way back.
+  // every rank's part, is summed over the group on the way back. A whole
+  // operand of an op whose output is split along a dimension it has at full
+  // size (not broadcast) is cut to this rank's piece first.
   void enter_whole_inputs(Node* n) {
+    const LinearDecision* linear = decision(n);
     for (size_t i = 0; i < n->inputs().size(); ++i) {
       Value* v = n->input(i);
       if (!is_floating_tensor(v) || !placement(v).is_replicated()) continue;
@@ -172,8 +184,42 @@ class StageRewrite {
         Value* g = constant(c_.group, n);
         it = entered_.emplace(v, insert_op(tp_ops::enter(), {v, g}, v->type(), n, id_of_[n])->output()).first;
       }
-      n->replaceInput(i, it->second);
+      Value* operand = it->second;
+      if (!linear)
+        if (auto cut = full_size_split_of(v, n)) operand = piece_of(operand, v, *cut, n);
+      n->replaceInput(i, operand);
     }
+  }
+
+  // The cut of whole operand `v` of `n` that lines up with n's split output
+  // (broadcast from the right), when v has that dimension at full size.
+  std::optional<ParameterShard> full_size_split_of(const Value* v, const Node* n) const {
+    const Value* out = nullptr;
+    for (const Value* o : n->outputs())
+      if (placement(o).is_split()) out = o;
+    const auto in_sizes = whole_sizes(v), out_sizes = out ? whole_sizes(out) : std::nullopt;
+    if (!in_sizes || !out_sizes) return std::nullopt;
+    const Placement p = placement(out);
+    const int aligned = p.dim - static_cast<int>(out_sizes->size()) + static_cast<int>(in_sizes->size());
+    if (aligned < 0 || (*in_sizes)[aligned] == 1) return std::nullopt;
+    TORCH_CHECK((*in_sizes)[aligned] == (*out_sizes)[p.dim], "tensor parallelism: ", describe(v), " meets the split ",
+                describe(out), " in ", n->kind().toQualString(), " with ", (*in_sizes)[aligned], " along the split "
+                "dimension, not ", (*out_sizes)[p.dim]);
+    return ParameterShard{aligned, p.blocks};
+  }
+
+  Value* piece_of(Value* entered, const Value* whole, const ParameterShard& cut, Node* before) {
+    const auto key = std::make_tuple(whole, cut.dim, cut.blocks);
+    auto it = pieces_.find(key);
+    if (it != pieces_.end()) return it->second;
+    auto sizes = *whole_sizes(whole);
+    sizes[cut.dim] /= c_.tp;
+    const auto type = whole->type()->cast<c10::TensorType>()->withSizes(sizes);
+    Node* piece = insert_op(tp_ops::piece(),
+                            {entered, constant(int64_t{cut.dim}, before), constant(int64_t{cut.blocks}, before),
+                             constant(int64_t{c_.rank}, before), constant(int64_t{c_.tp}, before)},
+                            type, before, id_of_[before]);
+    return pieces_[key] = piece->output();
   }
 
   // linear(x, w, b) -> leave(linear(x, w)) + b; addmm(b, x, w) -> leave(mm(x, w)) + b;
@@ -203,6 +249,7 @@ class StageRewrite {
     Node* leave = insert_op(tp_ops::leave(), {product, g}, type, after, id);
     Value* out = leave->output();
     if (bias) out = insert_op(c10::aten::add, {out, bias, constant(int64_t{1}, after)}, type, after, id)->output();
+    stage_.source[out] = source(n->output());  // the linear's whole output, as the analysis knows it
     if (product == n->output()) {
       n->output()->replaceAllUsesWith(out);
       leave->replaceInput(0, n->output());
@@ -282,6 +329,7 @@ class StageRewrite {
   std::unordered_map<const Node*, int64_t> id_of_;
   std::unordered_map<const Node*, const LinearDecision*> decision_of_;
   std::unordered_map<const Value*, Value*> entered_;
+  std::map<std::tuple<const Value*, int, int>, Value*> pieces_;
 };
 
 }  // namespace

@@ -27,7 +27,7 @@ namespace {
 
 struct Args {
   std::string model = "gpt";  // gpt | gpt_tied | skip | skip_shared (hidden layers share weights)
-  int dp = 1, pp = 1;
+  int dp = 1, pp = 1, tp = 1;
   std::string schedule = "1f1b";
   int virtual_stages = 1;           // config.virtual_stages (interleaved_1f1b)
   int layers = 0;                   // transformer blocks (0: the model's default)
@@ -65,6 +65,7 @@ TrainConfig config_of(const Args& a, int m) {
   TrainConfig c;
   c.parallel.dp = a.dp;
   c.parallel.pp = a.pp;
+  c.parallel.tp = a.tp;
   c.global_batch = a.global_batch;
   c.microbatches = m;
   c.schedule = a.schedule;
@@ -184,6 +185,7 @@ int main(int argc, char** argv) {
   app.add_option("--model", a.model)->check(CLI::IsMember({"gpt", "gpt_tied", "skip", "skip_shared"}));
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
+  app.add_option("--tp", a.tp);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   app.add_option("--layers", a.layers);
@@ -240,7 +242,7 @@ int main(int argc, char** argv) {
       for (const auto& [name, value] : expected_params) {
         const torch::Tensor mine = trainer.parameter(name);
         if (!mine.defined()) continue;
-        const double rel = testing::rel_diff(mine.cpu(), value);
+        const double rel = testing::rel_diff(mine.cpu(), trainer.tensor_parallel_slice(name, value));
         worst_param = std::max(worst_param, rel);
         if (rel > a.param_tolerance) {
           std::fprintf(stderr, "rank %d m=%d: parameter %s differs after %d steps (rel %.2e)\n", trainer.rank(), m,
@@ -248,9 +250,9 @@ int main(int argc, char** argv) {
           ++failures;
         }
       }
-      std::printf("rank %d (stage %d, replica %d) %s dp=%d pp=%d %s recompute %s dropout %g m=%d: %d steps, worst loss rel %.2e, worst "
+      std::printf("rank %d (stage %d, replica %d, tp rank %d) %s dp=%d pp=%d tp=%d %s recompute %s dropout %g m=%d: %d steps, worst loss rel %.2e, worst "
                   "parameter rel %.2e, first loss %.6f last %.6f\n",
-                  trainer.rank(), trainer.stage(), trainer.replica(), a.model.c_str(), a.dp, a.pp, a.schedule.c_str(), a.recompute.c_str(), a.dropout, m,
+                  trainer.rank(), trainer.stage(), trainer.replica(), trainer.tensor_parallel_rank(), a.model.c_str(), a.dp, a.pp, a.tp, a.schedule.c_str(), a.recompute.c_str(), a.dropout, m,
                   a.steps, worst_loss, worst_param, expected.front(), expected.back());
     }
   } catch (const c10::Error& e) {

@@ -27,7 +27,7 @@ namespace {
 
 struct Args {
   std::string fixtures, name;
-  int dp = 1, pp = 1, microbatches = 2, steps = 10;
+  int dp = 1, pp = 1, tp = 1, microbatches = 2, steps = 10;
   std::string schedule = "1f1b";
   int virtual_stages = 1;  // config.virtual_stages (interleaved_1f1b)
   std::string recompute = "none";  // config.recompute.policy of trine's run (the reference keeps everything)
@@ -85,6 +85,7 @@ TrainConfig config_of(const Args& a, int64_t global_batch) {
   TrainConfig c;
   c.parallel.dp = a.dp;
   c.parallel.pp = a.pp;
+  c.parallel.tp = a.tp;
   c.global_batch = global_batch;
   c.microbatches = a.microbatches;
   c.schedule = a.schedule;
@@ -163,6 +164,7 @@ int main(int argc, char** argv) {
   app.add_option("--name", a.name)->required();
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
+  app.add_option("--tp", a.tp);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   app.add_option("--recompute", a.recompute);
@@ -204,7 +206,7 @@ int main(int argc, char** argv) {
       const torch::Tensor mine = trainer.parameter(name);
       if (!mine.defined()) return;
       ++compared;
-      const auto b = want.detach().to(torch::kDouble);
+      const auto b = trainer.tensor_parallel_slice(name, want.detach()).to(torch::kDouble);
       const double diff = (mine.cpu().to(torch::kDouble) - b).norm().item<double>(), norm = b.norm().item<double>();
       if (parameter) diff_sq += diff * diff, norm_sq += norm * norm;
       // Relative to the reference, with a floor of 1e-4 per element: a
@@ -235,9 +237,10 @@ int main(int argc, char** argv) {
         ++failures;
       }
     }
-    std::printf("rank %d (stage %d, replica %d) %s dp=%d pp=%d %s m=%d: %d steps, %d tensors compared, worst loss rel "
+    std::printf("rank %d (stage %d, replica %d, tp rank %d) %s dp=%d pp=%d tp=%d %s m=%d: %d steps, %d tensors compared, worst loss rel "
                 "%.2e, all parameters rel %.2e, worst parameter rel %.2e, worst buffer rel %.2e, loss %.6f -> %.6f\n",
-                trainer.rank(), trainer.stage(), trainer.replica(), a.name.c_str(), a.dp, a.pp, a.schedule.c_str(),
+                trainer.rank(), trainer.stage(), trainer.replica(), trainer.tensor_parallel_rank(), a.name.c_str(), a.dp,
+                a.pp, a.tp, a.schedule.c_str(),
                 a.microbatches, a.steps, compared, worst_loss, all_params, worst_param, worst_buffer, expected.front(),
                 expected.back());
   } catch (const c10::Error& e) {

@@ -113,6 +113,19 @@ TEST(StageSharding, ResidualMlpOnTwoRanksEqualsOneProcess) {
   expect_tp_equals_one_process(traced, batch, 2);
 }
 
+// Skip connections add split values to whole ones: the whole operand is cut
+// to the rank's piece (and enters the region), both ways round.
+TEST(StageSharding, SkipModelOnTwoRanksEqualsOneProcess) {
+  ModelSpec spec;
+  spec.name = "skip";
+  spec.layers = 6;
+  spec.hidden = 32;
+  spec.batch = 4;
+  auto model = make_example_model(spec);
+  const SampleBatch batch = model.batch(0);
+  expect_tp_equals_one_process(trace(model.module, model.loss, batch), batch, 2);
+}
+
 // Threads share LibTorch's one CPU generator, so ranks simulated by threads
 // cannot draw masks at once; the dropout op is checked on its own here (rank
 // by rank, each reseeded as the graph runner does) and in whole runs under

@@ -66,6 +66,8 @@ class Communicator {
   void allreduce_sum(torch::Tensor& t);
   // Started now, finished by wait(); the tensor must stay alive until then.
   c10::intrusive_ptr<c10d::Work> allreduce_sum_async(torch::Tensor& t);
+  // In-place elementwise maximum over the group; returns when done.
+  void allreduce_max(torch::Tensor& t);
   void barrier();
   // Waits with the group's timeout; errors name `what`.
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) const;

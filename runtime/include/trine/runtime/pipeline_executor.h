@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <tuple>
 #include <memory>
 #include <vector>
@@ -64,6 +65,9 @@ struct ExecutorOptions {
   int64_t bucket_bytes = 1 << 20;
   bool measure_memory = false;  // count the step's allocations (StepTimings::peak_bytes)
   c10::Device device = c10::kCPU;
+  // Parameter ids whose copies here another rank counts in the global norm
+  // (whole parameters on tensor-parallel ranks other than 0).
+  std::set<int> not_counted_in_norm;
 };
 
 class PipelineExecutor {

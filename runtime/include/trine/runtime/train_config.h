@@ -17,6 +17,14 @@ struct ParallelConfig {
   std::string order = "tp-dp-pp";  // innermost dimension first
 };
 
+// Tensor parallelism (parallel.tp > 1): the layout is found on the graph
+// (tensor_parallel/sharding_analysis.h); these force decisions by weight
+// name pattern ('*' matches any run of characters), which the analysis checks.
+struct TensorParallelConfig {
+  std::vector<std::string> column, row, replicate;
+  int sub_microbatches = 1;  // Merak's sub-pipelining: halves of a microbatch interleaved (not yet: must be 1)
+};
+
 struct PartitionConfig {
   std::string method = "metis";   // metis | dp | uniform | parameters | manual
   bool profile = false;           // measure layer costs here (rank 0) instead of analytic FLOPs
@@ -42,6 +50,7 @@ struct LrScheduleConfig {
 
 struct TrainConfig {
   ParallelConfig parallel;
+  TensorParallelConfig tensor_parallel;
   int64_t global_batch = 0;  // samples per step over all replicas; 0: the sample batch's size
   int microbatches = 1;      // per replica and step
   std::string schedule = "1f1b";  // a name from schedules/schedule_registry.h
@@ -61,7 +70,7 @@ struct TrainConfig {
   std::string checkpoint_dir;     // where fit() saves parameters; empty: nowhere
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
 
-  // Reads the keys above from `r` (nested objects "parallel", "partition",
+  // Reads the keys above from `r` (nested objects "parallel", "tensor_parallel", "partition",
   // "optimizer", "lr_schedule", "recompute", "logging", "checkpoint"); the caller finishes `r`.
   static TrainConfig read(JsonObjectReader& r);
   static TrainConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors

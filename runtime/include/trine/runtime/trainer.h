@@ -70,9 +70,15 @@ class Trainer {
   double forward_flops_per_sample() const;
   // Where this rank's last step went (compute, waiting on peers, sync, optimizer).
   const StepTimings& last_step_timings() const;
-  // This rank's copy of a named parameter (or alias); undefined when its stage does not hold it.
+  // This rank's copy of a named parameter (or alias); undefined when its stage
+  // does not hold it. Under tensor parallelism, a cut parameter's slice.
   torch::Tensor parameter(const std::string& name) const;
-  // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only),
+  // This rank's position in its tensor-parallel group, and the slice of a
+  // parameter's whole value it holds (`whole` itself when it is not cut).
+  int tensor_parallel_rank() const;
+  torch::Tensor tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const;
+  // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only;
+  // under tensor parallelism each tp rank its slices, to stage-<s>-tp<r>.pt),
   // through a temporary file renamed into place.
   void save_checkpoint(const std::string& dir) const;
 

@@ -37,6 +37,9 @@ struct LinearDecision {
   Mode mode = Mode::Replicated;
   int blocks = 1;      // Column: fused parts of the output (3 for a fused q/k/v), each cut in t
   std::string why;
+  // Kept whole only because t does not divide what it would cut (its output
+  // features, or the heads a view of its output makes).
+  bool indivisible = false;
   const torch::jit::Node* node = nullptr;  // the linear in the analysed graph
 };
 
@@ -59,6 +62,13 @@ struct ShardingAnalysis {
 
 // Throws when an override cannot hold, naming the parameter and why.
 ShardingAnalysis analyze_sharding(const TracedModel& model, int tp, const ShardingOverrides& overrides = {});
+
+// Throws, naming the linears and the fix (config key `tp_key`, and
+// `replicate_key` to keep them whole on purpose), when t leaves linears whole
+// because it does not divide their features or heads, or when it shards
+// nothing at all.
+void check_tensor_parallel_layout(const ShardingAnalysis& analysis, const std::string& tp_key,
+                                  const std::string& replicate_key);
 
 // One row per linear: weight, decision, fused blocks, why; then the counts.
 std::string sharding_table(const ShardingAnalysis& analysis);
