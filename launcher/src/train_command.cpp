@@ -130,7 +130,7 @@ int run_train(const TrainArgs& args) {
                 job.train.microbatches,
                 static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)));
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());
-    std::cout << trainer.plan().table() << std::flush;
+    std::cout << trainer.plan().table() << trainer.tensor_parallel_table() << std::flush;
   }
   const FitReport report = trainer.fit(j.batch, job.train.steps);
   if (trainer.rank() == 0 && !report.losses.empty())

@@ -120,6 +120,7 @@ struct Trainer::Impl {
   int tp_rank = 0;
   std::unique_ptr<RegisteredGroup> tp_group;
   TracedModel rank_model;
+  std::vector<ShardedStageBytes> tp_stage_bytes;  // per stage: what one tp rank holds of it
   std::unique_ptr<PipelineExecutor> executor;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   int64_t step = 0;
@@ -229,13 +230,15 @@ void Trainer::Impl::split_batch(const SampleBatch& sample) {
 }
 
 // Every rank traces the same model on the same microbatch: identical graphs
-// (on the device, so that constants such as a position arange live there).
+// (on the device, so that constants such as a position arange live there),
+// and finds the same tensor-parallel layout on it.
 // Returns the error instead of throwing it: rank 0 must publish it first.
 std::string Trainer::Impl::trace_model(const Tracer& tracer, const SampleBatch& first, c10::Device device) {
   try {
     traced = tracer(first, device);
     TORCH_CHECK(traced.has_loss, "the trainer needs a loss function");
     proxy = build_proxy_graph(traced);
+    plan_tensor_parallel();
   } catch (const c10::Error& e) {
     return e.what_without_backtrace();
   } catch (const std::exception& e) {
@@ -362,8 +365,10 @@ void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
   tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
       tp_rank, t, [group](torch::Tensor& x) { group->allreduce_sum(x); },
       [group](torch::Tensor& x) { group->allreduce_max(x); }});
-  for (StageProgram& stage : stages)
+  for (StageProgram& stage : stages) {
     shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id()});
+    tp_stage_bytes.push_back(sharded_stage_bytes(stage));
+  }
 }
 
 std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<StageProgram>& stages) const {
@@ -437,7 +442,6 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
     for (auto& t : *list) t = t.to(device);
   const std::string trace_error = m.trace_model(tracer, first, device);
   m.agree_on_plan(*store, trace_error, first, timeout);
-  m.plan_tensor_parallel();
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
   const ExecutorGroups groups = m.make_groups(stages, prefix, device, timeout);
   m.shard_stages(stages);
@@ -581,6 +585,30 @@ torch::Tensor Trainer::parameter(const std::string& name) const {
 }
 
 int Trainer::tensor_parallel_rank() const { return impl_->tp_rank; }
+
+std::string Trainer::tensor_parallel_table() const {
+  const Impl& m = *impl_;
+  if (m.config.parallel.tp == 1) return "";
+  auto mib = [](double bytes) { return bytes / (1024.0 * 1024.0); };
+  auto share = [](int64_t part, int64_t whole) { return whole > 0 ? static_cast<double>(part) / whole : 1.0; };
+  std::ostringstream os;
+  os << sharding_table(m.tp_analysis);
+  char line[256];
+  std::snprintf(line, sizeof line, "%-5s %18s %18s %16s %14s\n", "stage", "params MiB/rank", "activ. MiB/rank",
+                "state MiB/rank", "mem MiB/rank");
+  os << "memory per tp rank (of the whole stage's, scaled by what the rank holds):\n" << line;
+  for (size_t s = 0; s < m.tp_stage_bytes.size(); ++s) {
+    const ShardedStageBytes& b = m.tp_stage_bytes[s];
+    const PlanStage& st = m.plan->stages.at(s);
+    const double state = st.state_bytes * share(b.parameters, b.whole_parameters);
+    const double activations = (st.memory_bytes - st.state_bytes) * share(b.activations, b.whole_activations);
+    std::snprintf(line, sizeof line, "%-5zu %8.2f of %7.2f %8.2f of %7.2f %16.2f %14.2f\n", s, mib(b.parameters),
+                  mib(b.whole_parameters), mib(b.activations), mib(b.whole_activations), mib(state),
+                  mib(state + activations));
+    os << line;
+  }
+  return os.str();
+}
 
 torch::Tensor Trainer::tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const {
   const int p = impl_->proxy.find_param(name);

@@ -121,7 +121,8 @@ class Propagation {
   // The value arrives split where `n` cannot take it: revert what split it.
   void conflict(const Value* v, const Node* n, const std::string& why);
   // Every column linear behind `v` cuts its weight in `parts` fused parts;
-  // false when one of them is cut another way already.
+  // true when that is news (the next pass judges the new cut), false when
+  // they are cut so already or another way.
   bool want_blocks(const Value* v, int parts);
   // conflict(), and `n`'s outputs are whole.
   void refuse(const Value* v, const Node* n, const std::string& why);
@@ -227,7 +228,10 @@ void Propagation::conflict(const Value* v, const Node* n, const std::string& why
     os << ": kept whole";
     forced_[src] = os.str();
     reverted_.insert(src);
-    if (n && view_ops().count(n->kind().toQualString())) indivisible_.insert(src);
+    if (n && view_ops().count(n->kind().toQualString()))
+      indivisible_.insert(src);
+    else
+      indivisible_.erase(src);
     changed_ = true;
   }
 }
@@ -235,12 +239,13 @@ void Propagation::conflict(const Value* v, const Node* n, const std::string& why
 bool Propagation::want_blocks(const Value* v, int parts) {
   for (const Node* src : sources_[v])
     if (blocks_.count(src) && blocks_[src] != parts) return false;  // already cut another way
+  bool fresh = false;
   for (const Node* src : sources_[v])
     if (!blocks_.count(src)) {
       blocks_[src] = parts;
-      blocks_changed_ = changed_ = true;
+      blocks_changed_ = changed_ = fresh = true;
     }
-  return true;
+  return fresh;
 }
 
 void Propagation::refuse(const Value* v, const Node* n, const std::string& why) {

@@ -110,6 +110,20 @@ class StageRewrite {
       if (auto sizes = local_sizes(in)) set_sizes(in, *sizes);
   }
 
+  // A cut parameter seen through aten::t and the like: its type takes the slice's shape.
+  void localize_parameter_view(Value* v) {
+    const Value* s = source(v);
+    if (!s || s->node()->kind() == c10::prim::Param) return;
+    const ParameterUse use = parameter_behind(*c_.model, s);
+    const auto shard = shard_behind(v);
+    const auto sizes = concrete_shape(v);
+    if (use.input < 0 || !shard || shard->whole() || !sizes) return;
+    auto local = *sizes;
+    const int dim = use.transposed && local.size() == 2 ? 1 - shard->dim : shard->dim;
+    local[dim] /= c_.tp;
+    set_sizes(v, local);
+  }
+
   const LinearDecision* decision(const Node* n) const {
     if (n->outputs().empty()) return nullptr;
     const Value* s = source(n->output(0));
@@ -135,6 +149,7 @@ class StageRewrite {
 
   void rewrite(Node* n) {
     if (n->kind() == c10::prim::Constant) return;
+    if (n->outputs().size() == 1) localize_parameter_view(n->output());
     if (const LinearDecision* d = decision(n); d && d->mode == Mode::Row) return rewrite_row(n);
     bool split_out = false;
     for (const Value* o : n->outputs()) split_out = split_out || placement(o).is_split();
@@ -340,6 +355,39 @@ void shard_stage(StageProgram& stage, const StageShardingContext& context) {
               ", the rank is one of ", context.tp);
   if (context.tp == 1) return;
   StageRewrite(stage, context).run();
+}
+
+namespace {
+
+int64_t tensor_bytes(const Value* v) {
+  const auto t = v->type()->cast<c10::TensorType>();
+  if (!t || !t->scalarType()) return 0;
+  const auto sizes = t->sizes().concrete_sizes();
+  if (!sizes) return 0;
+  int64_t n = 1;
+  for (int64_t s : *sizes) n *= s;
+  return n * static_cast<int64_t>(c10::elementSize(*t->scalarType()));
+}
+
+}  // namespace
+
+ShardedStageBytes sharded_stage_bytes(const StageProgram& stage) {
+  ShardedStageBytes b;
+  for (size_t i = 0; i < stage.inputs.size(); ++i) {
+    if (stage.inputs[i].kind != StageInput::Kind::Parameter) continue;
+    const Value* in = stage.graph->inputs()[i];
+    b.parameters += tensor_bytes(in);
+    auto src = stage.source.find(in);
+    b.whole_parameters += src == stage.source.end() ? tensor_bytes(in) : tensor_bytes(src->second);
+  }
+  for (const Node* n : stage.graph->nodes())
+    for (const Value* o : n->outputs()) {
+      auto src = stage.source.find(o);
+      if (src == stage.source.end()) continue;  // added by the rewrite (collectives): not in the whole stage
+      b.activations += tensor_bytes(o);
+      b.whole_activations += tensor_bytes(src->second);
+    }
+  return b;
 }
 
 TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::string, ParameterShard>& shards,

@@ -112,6 +112,24 @@ TEST(ShardingAnalysis, ResidualMlpSplitsOnlyItsBlock) {
 // Each rank's slices: column weights by output rows (q/k/v per fused part)
 // with their biases, row weights by input columns, row biases whole; the
 // slices of all ranks put back together are the whole parameter.
+// A tp that divides the features but not the heads: the views refuse the
+// split, and the trainer's check names the linears and both fixes.
+TEST(ShardingAnalysis, HeadsThatDoNotDivideAreAnError) {
+  ModelSpec spec = testing::small_gpt_spec();
+  spec.hidden = 48;
+  spec.heads = 3;
+  auto model = make_example_model(spec);
+  const ShardingAnalysis a = analyze_sharding(trace(model.module, model.loss, model.batch(0)), 2);
+  EXPECT_TRUE(decision(a, "blocks.0.attn.qkv.weight").indivisible);
+  EXPECT_FALSE(decision(a, "blocks.0.fc.weight").indivisible);
+  EXPECT_EQ(decision(a, "blocks.0.fc.weight").mode, Mode::Column);
+  const std::string e = testing::error_of([&] { check_tensor_parallel_layout(a, "tp", "replicate"); });
+  EXPECT_NE(e.find("tp = 2 does not divide what tensor parallelism would cut in 2 linears"), std::string::npos) << e;
+  EXPECT_NE(e.find("blocks.0.attn.qkv.weight: split, its output would reach aten::view"), std::string::npos) << e;
+  EXPECT_NE(e.find("keep them whole on purpose with replicate"), std::string::npos) << e;
+  check_tensor_parallel_layout(analyze_sharding(gpt(false), 2), "tp", "replicate");  // the usual GPT passes
+}
+
 TEST(ShardingAnalysis, ParameterShardsFollowTheDecisions) {
   const TracedModel traced = gpt(false);
   const auto shards = parameter_shards(traced, analyze_sharding(traced, 2));

@@ -113,6 +113,16 @@ TEST(StageSharding, ResidualMlpOnTwoRanksEqualsOneProcess) {
   expect_tp_equals_one_process(traced, batch, 2);
 }
 
+// Heads that do not divide by t: attention stays whole, the MLP is cut.
+TEST(StageSharding, GptWhoseHeadsDoNotDivideCutsOnlyItsMlp) {
+  ModelSpec spec = testing::small_gpt_spec();
+  spec.hidden = 48;
+  spec.heads = 3;
+  auto model = make_example_model(spec);
+  const SampleBatch batch = model.batch(0);
+  expect_tp_equals_one_process(trace(model.module, model.loss, batch), batch, 2);
+}
+
 // Skip connections add split values to whole ones: the whole operand is cut
 // to the rank's piece (and enters the region), both ways round.
 TEST(StageSharding, SkipModelOnTwoRanksEqualsOneProcess) {

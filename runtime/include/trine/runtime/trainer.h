@@ -77,6 +77,11 @@ class Trainer {
   // parameter's whole value it holds (`whole` itself when it is not cut).
   int tensor_parallel_rank() const;
   torch::Tensor tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const;
+  // Under tensor parallelism: every linear's decision and why, and per stage
+  // the memory one tp rank holds (its parameters and the values its graph
+  // computes per microbatch, and the plan's state and memory scaled by
+  // them). Empty when tp = 1.
+  std::string tensor_parallel_table() const;
   // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only;
   // under tensor parallelism each tp rank its slices, to stage-<s>-tp<r>.pt),
   // through a temporary file renamed into place.

@@ -39,6 +39,15 @@ struct StageShardingContext {
 // dimension the ranks cannot share).
 void shard_stage(StageProgram& stage, const StageShardingContext& context);
 
+// What a rewritten stage holds on one tp rank against the whole stage: the
+// bytes of its parameters and of the values its graph computes (one
+// microbatch's activations, before any are freed), read off the value types.
+struct ShardedStageBytes {
+  int64_t parameters = 0, whole_parameters = 0;
+  int64_t activations = 0, whole_activations = 0;
+};
+ShardedStageBytes sharded_stage_bytes(const StageProgram& stage);
+
 // `model` with every cut parameter replaced by rank `rank`'s slice of it
 // (the graph is shared, not copied).
 TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::string, ParameterShard>& shards,
