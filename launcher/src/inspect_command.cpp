@@ -21,7 +21,8 @@ CLI::App* add_inspect_command(CLI::App& app, InspectArgs& args) {
 }
 
 int run_inspect(const InspectArgs& args) {
-  const LoadedModel model = load_model(args.model, /*need_loss=*/false);
+  // With --tp the loss is traced too: a vocabulary-parallel head is decided by what reads its logits.
+  const LoadedModel model = load_model(args.model, /*need_loss=*/args.tp > 1);
   const ProxyGraph proxy = build_proxy_graph(model.traced);
   std::cout << proxy.layer_table();
   for (const auto& w : model.traced.warnings) std::cout << "tracer warning: " << w << "\n";

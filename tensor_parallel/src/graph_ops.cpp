@@ -25,6 +25,66 @@ at::Tensor piece_op(const at::Tensor& x, int64_t dim, int64_t blocks, int64_t ra
   return shard_of(x, {static_cast<int>(dim), static_cast<int>(blocks)}, static_cast<int>(rank), static_cast<int>(tp));
 }
 
+at::Tensor vocab_embedding_op(const at::Tensor& weight, const at::Tensor& ids, int64_t padding_idx, int64_t first_row,
+                              int64_t group) {
+  const int64_t rows = weight.size(0);
+  const at::Tensor outside = (ids < first_row).logical_or(ids >= first_row + rows);
+  const at::Tensor local = (ids - first_row).masked_fill(outside, 0);
+  const int64_t pad = padding_idx >= first_row && padding_idx < first_row + rows ? padding_idx - first_row : -1;
+  const at::Tensor mine = at::embedding(weight, local, pad).masked_fill(outside.unsqueeze(-1), 0);
+  return leave_parallel_region(mine, registered_group(group).sum);
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Per row: log(sum of exp over all classes) - the target's logit, both
+// shifted by the row's maximum over all classes.
+struct VocabCrossEntropy : torch::autograd::Function<VocabCrossEntropy> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
+                            int64_t ignore_index, int64_t first_class, int64_t group_id) {
+    const TensorParallelGroup& group = registered_group(group_id);
+    const int64_t classes = logits.size(1);
+    at::Tensor max = std::get<0>(logits.max(1));
+    group.max(max);
+    const at::Tensor shifted = logits - max.unsqueeze(1);
+    const at::Tensor exps = shifted.exp();
+    at::Tensor sums = exps.sum(1);
+    group.sum(sums);
+    const at::Tensor valid = target != ignore_index;
+    const at::Tensor mine = (target >= first_class).logical_and(target < first_class + classes).logical_and(valid);
+    const at::Tensor local = (target - first_class).masked_fill(mine.logical_not(), 0);
+    at::Tensor picked = shifted.gather(1, local.unsqueeze(1)).squeeze(1).masked_fill(mine.logical_not(), 0);
+    group.sum(picked);
+    const at::Tensor losses = (sums.log() - picked).masked_fill(valid.logical_not(), 0);
+    const at::Tensor count = valid.sum().to(logits.scalar_type());
+    ctx->save_for_backward({exps / sums.unsqueeze(1), local, mine, valid, count});
+    ctx->saved_data["reduction"] = reduction;
+    if (reduction == at::Reduction::Mean) return losses.sum() / count;
+    if (reduction == at::Reduction::Sum) return losses.sum();
+    return losses;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &softmax = saved[0], &local = saved[1], &mine = saved[2], &valid = saved[3], &count = saved[4];
+    const int64_t reduction = ctx->saved_data["reduction"].toInt();
+    at::Tensor grad = softmax.clone();
+    grad.scatter_add_(1, local.unsqueeze(1), -mine.to(grad.scalar_type()).unsqueeze(1));
+    grad.mul_(valid.to(grad.scalar_type()).unsqueeze(1));
+    at::Tensor g = grads[0];
+    if (reduction == at::Reduction::Mean) g = g / count;
+    grad.mul_(reduction == at::Reduction::None ? g.unsqueeze(1) : g);
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor vocab_cross_entropy_op(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
+                                  int64_t ignore_index, int64_t first_class, int64_t group) {
+  TORCH_CHECK(logits.dim() == 2 && target.dim() == 1, "a vocabulary-parallel cross-entropy takes [rows, classes] "
+              "logits and [rows] targets, got ", logits.sizes(), " and ", target.sizes());
+  return VocabCrossEntropy::apply(logits, target, reduction, ignore_index, first_class, group);
+}
+
 // Ones of shape `whole` whose memory is laid out like `x` (dimensions in the
 // order of x's strides), as empty_like lays out the noise of a whole dropout.
 at::Tensor ones_laid_out_like(const at::Tensor& x, at::IntArrayRef whole) {
@@ -56,6 +116,8 @@ c10::Symbol enter() { return c10::Symbol::fromQualString("trine_tp::enter"); }
 c10::Symbol leave() { return c10::Symbol::fromQualString("trine_tp::leave"); }
 c10::Symbol dropout() { return c10::Symbol::fromQualString("trine_tp::dropout"); }
 c10::Symbol piece() { return c10::Symbol::fromQualString("trine_tp::piece"); }
+c10::Symbol vocab_embedding() { return c10::Symbol::fromQualString("trine_tp::vocab_embedding"); }
+c10::Symbol vocab_cross_entropy() { return c10::Symbol::fromQualString("trine_tp::vocab_cross_entropy"); }
 
 }  // namespace tp_ops
 
@@ -65,6 +127,10 @@ TORCH_LIBRARY(trine_tp, m) {
   m.def("enter(Tensor x, int group) -> Tensor", &trine::enter_op);
   m.def("leave(Tensor x, int group) -> Tensor", &trine::leave_op);
   m.def("piece(Tensor x, int dim, int blocks, int rank, int tp) -> Tensor", &trine::piece_op);
+  m.def("vocab_embedding(Tensor weight, Tensor ids, int padding_idx, int first_row, int group) -> Tensor",
+        &trine::vocab_embedding_op);
+  m.def("vocab_cross_entropy(Tensor logits, Tensor target, int reduction, int ignore_index, int first_class, "
+        "int group) -> Tensor", &trine::vocab_cross_entropy_op);
   m.def("dropout(Tensor x, float p, bool train, int[] whole, int dim, int blocks, int rank, int tp) -> Tensor",
         &trine::dropout_op, {at::Tag::nondeterministic_seeded});
 }

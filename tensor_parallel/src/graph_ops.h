@@ -12,6 +12,15 @@
 //       mask: the mask of the whole value is drawn (the same numbers a whole
 //       aten::dropout draws) and this rank's piece of it applied. Tagged
 //       nondeterministic_seeded, so the graph runner seeds it like dropout.
+//   trine_tp::vocab_embedding(Tensor weight, Tensor ids, int padding_idx,
+//                             int first_row, int group)
+//       lookup in this rank's rows of the table (ids it does not hold give
+//       zeros), summed over the group: the whole table's lookup
+//   trine_tp::vocab_cross_entropy(Tensor logits, Tensor target, int reduction,
+//                                 int ignore_index, int first_class, int group)
+//       cross-entropy of [rows, classes] logits whose classes are split across
+//       the group (this rank's start at first_class), from three all-reduces
+//       of one number per row: never the whole logits
 #pragma once
 #include <ATen/core/symbol.h>
 
@@ -21,5 +30,7 @@ c10::Symbol enter();
 c10::Symbol leave();
 c10::Symbol dropout();
 c10::Symbol piece();
+c10::Symbol vocab_embedding();
+c10::Symbol vocab_cross_entropy();
 
 }  // namespace trine::tp_ops

@@ -34,6 +34,10 @@ void record(std::map<std::string, ParameterShard>& out, const TracedModel& model
 void shard_linears(std::map<std::string, ParameterShard>& out, const TracedModel& model, const ShardingAnalysis& a) {
   for (const LinearDecision& d : a.linears) {
     if (d.mode == Mode::Replicated) continue;
+    if (d.mode == Mode::Vocab) {  // an embedding table, cut by rows
+      record(out, model, parameter_behind(model, d.node->input(0)).input, {0, 1});
+      continue;
+    }
     const LinearOperands ops = operands_of(d.node);
     const ParameterUse w = parameter_behind(model, d.node->input(ops.weight));
     TORCH_INTERNAL_ASSERT(w.input >= 0, "linear without a parameter weight");

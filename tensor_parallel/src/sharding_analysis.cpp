@@ -18,6 +18,7 @@ const char* to_string(LinearDecision::Mode mode) {
     case LinearDecision::Mode::Column: return "column";
     case LinearDecision::Mode::Row: return "row";
     case LinearDecision::Mode::Replicated: return "replicated";
+    case LinearDecision::Mode::Vocab: return "vocab";
   }
   return "?";
 }
@@ -103,12 +104,20 @@ class Propagation {
   Propagation(const TracedModel& model, int tp, const ShardingOverrides& overrides)
       : model_(model), tp_(tp), overrides_(overrides) {
     find_linears();
+    find_embeddings();
   }
 
   ShardingAnalysis run();
 
  private:
   void find_linears();
+  void find_embeddings();
+  void embedding(const Node* n);
+  void cross_entropy(const Node* n);
+  LinearDecision embedding_decision(const Node* n);
+  // The linears other than `linear` that read its weight are all embeddings
+  // (a tied LM head), and the weight is stored [out, in] (cut by rows alike).
+  bool tied_to_embeddings_only(const LinearSite& linear, const std::vector<const Node*>& readers) const;
   int parameter_behind(const Value* v) const { return trine::parameter_behind(model_, v).input; }
   // One pass over the graph with the current forced decisions; true when it
   // changed a decision (another pass is needed).
@@ -139,6 +148,9 @@ class Propagation {
   ShardingOverrides overrides_;
   std::vector<LinearSite> linears_;
   std::map<const Node*, size_t> linear_index_;
+  std::vector<const Node*> embeddings_;                 // token embeddings (ids from the data)
+  std::map<const Node*, std::vector<const Node*>> tied_heads_;  // embedding -> linears sharing its weight
+  std::set<const Node*> heads_;                         // linears whose output reaches only a loss
   std::map<const Node*, std::string> forced_;  // linear -> why it is replicated
   std::map<const Node*, int> blocks_;          // column linear -> fused blocks
   // Set when a pass found a linear's fused blocks: the conflicts of that pass
@@ -146,6 +158,7 @@ class Propagation {
   bool blocks_changed_ = false;
   std::set<const Node*> reverted_;             // forced_ entries that came from conflicts
   std::set<const Node*> indivisible_;          // forced_ entries because t does not divide a size
+  std::map<const Node*, std::string> embedding_whole_;  // token embedding -> why it is kept whole
   // Per pass:
   std::unordered_map<const Value*, Placement> place_;
   std::unordered_map<const Value*, std::set<const Node*>> sources_;  // column linears whose split reaches it
@@ -184,7 +197,7 @@ void Propagation::find_linears() {
     }
   for (const LinearSite& s : linears_) {
     const auto& r = readers[s.param];
-    if (r.size() > 1) {
+    if (r.size() > 1 && !tied_to_embeddings_only(s, r)) {
       std::string other;
       for (const Node* n : r)
         if (n != s.node) other = n->kind().toQualString();
@@ -193,6 +206,54 @@ void Propagation::find_linears() {
     const std::string& name = model_.inputs[s.param].name;
     for (const auto& pat : overrides_.replicate)
       if (matches(pat, name)) forced_[s.node] = "forced by tensor_parallel.replicate (--tp-replicate) '" + pat + "'";
+  }
+}
+
+bool Propagation::tied_to_embeddings_only(const LinearSite& linear, const std::vector<const Node*>& readers) const {
+  for (const Node* n : readers)
+    if (n != linear.node && n->kind() != c10::aten::embedding) return false;
+  const bool transposed = trine::parameter_behind(model_, linear.node->input(linear.weight)).transposed;
+  return linear.weight_is_in_by_out == transposed;  // stored [out, in]: rows are the output features
+}
+
+// Token embeddings: ids that depend on a data input (not position ids made
+// from constants or buffers); and linears whose output flows, through views
+// alone, into a loss (heads: kept whole without complaint when t does not
+// divide their classes).
+void Propagation::find_embeddings() {
+  std::set<const Value*> from_data;
+  for (size_t i = 0; i < model_.inputs.size(); ++i)
+    if (model_.inputs[i].kind == InputKind::Data) from_data.insert(model_.graph->inputs()[i]);
+  for (const Node* n : model_.graph->nodes()) {
+    bool data = false;
+    for (const Value* in : n->inputs()) data = data || from_data.count(in);
+    if (data)
+      for (const Value* o : n->outputs()) from_data.insert(o);
+    if (n->kind() == c10::aten::embedding && from_data.count(n->input(1)) && parameter_behind(n->input(0)) >= 0)
+      embeddings_.push_back(n);
+  }
+  for (const Node* e : embeddings_)
+    for (const LinearSite& s : linears_)
+      if (s.param == parameter_behind(e->input(0))) tied_heads_[e].push_back(s.node);
+  for (const LinearSite& s : linears_) {
+    std::vector<const Value*> todo{s.node->output()};
+    bool loss_only = true, reaches_loss = false;
+    while (!todo.empty() && loss_only) {
+      const Value* v = todo.back();
+      todo.pop_back();
+      for (const torch::jit::Use& use : v->uses()) {
+        const std::string kind = use.user->kind().toQualString();
+        if (kind == "aten::cross_entropy_loss") {
+          reaches_loss = true;
+        } else if (view_ops().count(kind) || kind == "aten::contiguous" || kind == "aten::transpose" ||
+                   kind == "aten::slice") {
+          todo.push_back(use.user->output());
+        } else {
+          loss_only = false;
+        }
+      }
+    }
+    if (loss_only && reaches_loss) heads_.insert(s.node);
   }
 }
 
@@ -294,7 +355,7 @@ void Propagation::linear(const LinearSite& site) {
     } else {
       forced_[n] = std::to_string(out_features) + " output features do not split in " + std::to_string(blocks) +
                    " x " + std::to_string(tp_) + ": kept whole";
-      indivisible_.insert(n);
+      if (!heads_.count(n)) indivisible_.insert(n);
       changed_ = true;
     }
   } else if (in.is_split() && in.dim == in_rank - 1 && in.blocks == 1 && !want_column) {
@@ -406,6 +467,55 @@ void Propagation::viewlike(const Node* n) {
   set(n->output(), out, sources_[x]);
 }
 
+// A token embedding is cut by rows when t divides them and every linear
+// tied to it is cut alike; otherwise it stays whole, and so do those linears.
+void Propagation::embedding(const Node* n) {
+  replicate_outputs(n);  // whole either way: a vocab-parallel lookup sums its ranks' rows inside
+  if (!std::count(embeddings_.begin(), embeddings_.end(), n)) return;
+  const int param = parameter_behind(n->input(0));
+  const std::string& name = model_.inputs[param].name;
+  const int64_t rows = model_.inputs[param].value.size(0);
+  std::string why;
+  for (const auto& pat : overrides_.replicate)
+    if (matches(pat, name)) why = "forced by tensor_parallel.replicate (--tp-replicate) '" + pat + "'";
+  if (why.empty() && rows % tp_ != 0) why = std::to_string(rows) + " rows do not split in " + std::to_string(tp_);
+  const auto sparse = n->inputs().size() > 4 ? torch::jit::constant_as<bool>(n->input(4)) : std::optional<bool>(false);
+  const auto by_freq = n->inputs().size() > 3 ? torch::jit::constant_as<bool>(n->input(3)) : std::optional<bool>(false);
+  if (why.empty() && (!sparse || *sparse || !by_freq || *by_freq)) why = "sparse or frequency-scaled gradients";
+  for (const Node* head : tied_heads_[n])
+    if (why.empty() && forced_.count(head)) why = "its tied linear is kept whole (" + forced_[head] + ")";
+  if (!why.empty()) {
+    embedding_whole_[n] = why;
+    for (const Node* head : tied_heads_[n])
+      if (!forced_.count(head)) {
+        forced_[head] = "its weight is tied to embedding '" + name + "', kept whole (" + why + ")";
+        changed_ = true;
+      }
+    return;
+  }
+  embedding_whole_.erase(n);
+  mode_[n] = Mode::Vocab;
+  ++allreduces_;
+}
+
+// Cross-entropy over classes split across the ranks (a vocabulary-parallel
+// head): computed without gathering them.
+void Propagation::cross_entropy(const Node* n) {
+  const Value* x = n->input(0);
+  const Placement in = placement(x);
+  const bool weighted = !n->input(2)->mustBeNone();
+  const auto smoothing = n->inputs().size() > 5 ? torch::jit::constant_as<double>(n->input(5)) : std::optional<double>(0);
+  if (in.is_split() && in.dim == 1 && in.blocks == 1 && rank_of(x) == 2 && !weighted && smoothing && *smoothing == 0) {
+    allreduces_ += 3;  // the maximum, the sum of exponentials, the target's logit
+    return replicate_outputs(n);
+  }
+  if (in.is_partial()) make_whole(x);
+  if (in.is_split())
+    conflict(x, n, "(a vocabulary-parallel loss needs [rows, classes] logits split by class, no class weights and no "
+                   "label smoothing)");
+  replicate_outputs(n);
+}
+
 // chunk / split of a column output into its fused parts (q, k, v).
 void Propagation::chunk(const Node* n) {
   const Value* x = n->input(0);
@@ -443,6 +553,8 @@ void Propagation::visit(const Node* n) {
     return;
   }
   if (kind == "aten::chunk" || kind == "aten::split" || kind == "aten::unsafe_chunk") return chunk(n);
+  if (kind == "aten::embedding") return embedding(n);
+  if (kind == "aten::cross_entropy_loss") return cross_entropy(n);
   if (!any_tensor_out) return;  // sizes, constants, lists of sizes
   if (elementwise_ops().count(kind)) return elementwise(n);
   if (view_ops().count(kind) || kind == "aten::transpose" || kind == "aten::permute" || kind == "aten::unsqueeze" ||
@@ -515,6 +627,7 @@ bool Propagation::pass() {
   place_.clear();
   sources_.clear();
   mode_.clear();
+  embedding_whole_.clear();
   reshapes_.clear();
   allreduces_ = 0;
   changed_ = blocks_changed_ = false;
@@ -531,6 +644,20 @@ bool Propagation::pass() {
     reverted_.clear();
   }
   return changed_;
+}
+
+LinearDecision Propagation::embedding_decision(const Node* n) {
+  LinearDecision d;
+  d.node = n;
+  d.weight = model_.inputs[parameter_behind(n->input(0))].name;
+  d.mode = mode_.count(n) ? mode_[n] : Mode::Replicated;
+  if (d.mode == Mode::Vocab) {
+    d.why = "token embedding cut by rows: each rank looks up the ids it holds, one all-reduce sums them";
+  } else {
+    d.why = embedding_whole_.count(n) ? embedding_whole_[n] : "kept whole";
+    d.indivisible = d.why.find("rows do not split") != std::string::npos;
+  }
+  return d;
 }
 
 ShardingAnalysis Propagation::run() {
@@ -553,7 +680,14 @@ ShardingAnalysis Propagation::run() {
     for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
     return out;
   };
-  for (const LinearSite& s : linears_) {
+  for (const Node* n : model_.graph->nodes()) {
+    if (std::count(embeddings_.begin(), embeddings_.end(), n)) {
+      a.linears.push_back(embedding_decision(n));
+      continue;
+    }
+    auto it = linear_index_.find(n);
+    if (it == linear_index_.end()) continue;
+    const LinearSite& s = linears_[it->second];
     LinearDecision d;
     d.node = s.node;
     d.weight = model_.inputs[s.param].name;
@@ -563,6 +697,7 @@ ShardingAnalysis Propagation::run() {
     if (d.mode == Mode::Column)
       d.why = "input whole, output split by features" +
               (feeds[s.node].empty() ? std::string() : " into " + list(feeds[s.node])) +
+              (heads_.count(s.node) ? " into the vocabulary-parallel cross-entropy" : "") +
               (d.blocks > 1 ? " (" + std::to_string(d.blocks) + " fused parts cut alike)" : "");
     else if (d.mode == Mode::Row)
       d.why = "input split by features from " + list(reads[s.node]) + ": output summed by one all-reduce";
@@ -610,13 +745,14 @@ std::string sharding_table(const ShardingAnalysis& a) {
     os << "  " << d.weight << std::string(width - d.weight.size() + 2, ' ') << to_string(d.mode)
        << std::string(12 - std::string(to_string(d.mode)).size(), ' ') << d.why << "\n";
   }
-  int column = 0, row = 0;
+  int column = 0, row = 0, vocab = 0;
   for (const auto& d : a.linears) {
     if (d.mode == LinearDecision::Mode::Column) ++column;
     if (d.mode == LinearDecision::Mode::Row) ++row;
+    if (d.mode == LinearDecision::Mode::Vocab) ++vocab;
   }
-  os << column << " column-parallel, " << row << " row-parallel, "
-     << a.linears.size() - column - row << " replicated; " << a.forward_allreduces
+  os << column << " column-parallel, " << row << " row-parallel, " << vocab << " vocab-parallel, "
+     << a.linears.size() - column - row - vocab << " replicated; " << a.forward_allreduces
      << " all-reduces per forward";
   for (const auto& r : a.reshapes) os << "\n  reshape " << r;
   os << "\n";

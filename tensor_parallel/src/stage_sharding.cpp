@@ -151,6 +151,9 @@ class StageRewrite {
     if (n->kind() == c10::prim::Constant) return;
     if (n->outputs().size() == 1) localize_parameter_view(n->output());
     if (const LinearDecision* d = decision(n); d && d->mode == Mode::Row) return rewrite_row(n);
+    if (const LinearDecision* d = decision(n); d && d->mode == Mode::Vocab) return rewrite_embedding(n);
+    if (n->kind() == c10::aten::cross_entropy_loss && placement(n->input(0)).is_split())
+      return rewrite_cross_entropy(n);
     bool split_out = false;
     for (const Value* o : n->outputs()) split_out = split_out || placement(o).is_split();
     if (!split_out) return check_not_random_on_split(n);
@@ -275,6 +278,36 @@ class StageRewrite {
     }
   }
 
+  // embedding(w, ids, padding_idx, ...) -> vocab_embedding over this rank's rows.
+  void rewrite_embedding(Node* n) {
+    const auto rows = whole_sizes(n->input(0));
+    TORCH_INTERNAL_ASSERT(rows && !rows->empty(), "embedding table without a traced shape");
+    const int64_t first_row = c_.rank * ((*rows)[0] / c_.tp);
+    Value* padding = n->inputs().size() > 2 ? n->input(2) : constant(int64_t{-1}, n);
+    replace_with(n, insert_op(tp_ops::vocab_embedding(),
+                              {n->input(0), n->input(1), padding, constant(first_row, n), constant(c_.group, n)},
+                              n->output()->type(), n, id_of_[n]));
+  }
+
+  // cross_entropy_loss(logits, target, None, reduction, ignore_index, 0.) over split classes.
+  void rewrite_cross_entropy(Node* n) {
+    const auto whole = whole_sizes(n->input(0));
+    TORCH_INTERNAL_ASSERT(whole && whole->size() == 2, "split logits without a [rows, classes] shape");
+    const int64_t first_class = c_.rank * ((*whole)[1] / c_.tp);
+    replace_with(n, insert_op(tp_ops::vocab_cross_entropy(),
+                              {n->input(0), n->input(1), n->input(3), n->input(4), constant(first_class, n),
+                               constant(c_.group, n)},
+                              n->output()->type(), n, id_of_[n]));
+  }
+
+  // `replacement` (inserted before `n`) computes n's output from now on.
+  void replace_with(Node* n, Node* replacement) {
+    stage_.source[replacement->output()] = source(n->output());
+    n->output()->replaceAllUsesWith(replacement->output());
+    id_of_.erase(n);
+    n->destroy();
+  }
+
   void rewrite_dropout(Node* n) {
     Value* x = n->input(0);
     const Placement p = placement(x);
@@ -289,10 +322,7 @@ class StageRewrite {
                         {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{p.dim}, n),
                          constant(int64_t{p.blocks}, n), constant(int64_t{c_.rank}, n), constant(int64_t{c_.tp}, n)},
                         type, n, id_of_[n]);
-    stage_.source[d->output()] = source(n->output());
-    n->output()->replaceAllUsesWith(d->output());
-    id_of_.erase(n);
-    n->destroy();
+    replace_with(n, d);
   }
 
   // Size arguments that carry a split dimension take this rank's sizes.

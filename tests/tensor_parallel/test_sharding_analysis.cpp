@@ -42,12 +42,18 @@ TEST(ShardingAnalysis, FindsMegatronsLayoutOnTheGpt) {
     EXPECT_EQ(decision(a, p + "fc.weight").blocks, 1);
     EXPECT_EQ(decision(a, p + "fc_out.weight").mode, Mode::Row);
   }
+  // Vocabulary parallelism: the token embedding cut by rows, the LM head by
+  // classes into the loss; position embeddings (ids not from the data) whole.
+  EXPECT_EQ(decision(a, "tok_emb.weight").mode, Mode::Vocab);
   const auto& head = decision(a, "head.weight");
-  EXPECT_EQ(head.mode, Mode::Replicated);
-  EXPECT_NE(head.why.find("cross_entropy"), std::string::npos) << head.why;
-  EXPECT_EQ(a.forward_allreduces, 4);  // one per row-parallel linear
-  // The views to [batch, seq, heads, head_dim] and back change their sizes.
-  EXPECT_EQ(a.reshapes, (std::vector<std::string>{"aten::view to [2, 8, 32]: dimension 2 of 32 becomes 16 per rank",
+  EXPECT_EQ(head.mode, Mode::Column);
+  EXPECT_NE(head.why.find("vocabulary-parallel cross-entropy"), std::string::npos) << head.why;
+  EXPECT_THROW(decision(a, "pos_emb.weight"), std::runtime_error);
+  EXPECT_EQ(a.forward_allreduces, 4 + 1 + 3);  // per row-parallel linear, the embedding, the loss's three
+  // The views to [batch, seq, heads, head_dim] and back, and the logits'
+  // reshape to [rows, vocab], change their sizes.
+  EXPECT_EQ(a.reshapes, (std::vector<std::string>{"aten::reshape to [16, 64]: dimension 1 of 64 becomes 32 per rank",
+                                                  "aten::view to [2, 8, 32]: dimension 2 of 32 becomes 16 per rank",
                                                   "aten::view to [2, 8, 4, 8]: dimension 2 of 4 becomes 2 per rank"}));
   // With 4 ranks the heads still divide; with 3 the fused q/k/v does not.
   EXPECT_EQ(decision(analyze_sharding(gpt(false), 4), "blocks.0.attn.qkv.weight").mode, Mode::Column);
@@ -60,12 +66,24 @@ TEST(ShardingAnalysis, FindsMegatronsLayoutOnTheGpt) {
   EXPECT_EQ(decision(eight, "blocks.0.fc.weight").mode, Mode::Column);
 }
 
-TEST(ShardingAnalysis, TiedHeadStaysWhole) {
-  const ShardingAnalysis a = analyze_sharding(gpt(true), 2);
-  const auto& head = decision(a, "tok_emb.weight");
-  EXPECT_EQ(head.mode, Mode::Replicated);
-  EXPECT_NE(head.why.find("also read by aten::embedding"), std::string::npos) << head.why;
+// A head tied to the token embedding: both cut by the same rows; with a tp
+// that does not divide the vocabulary, both whole (and the embedding named).
+TEST(ShardingAnalysis, TiedHeadAndEmbeddingAreCutAlike) {
+  const TracedModel traced = gpt(true);
+  const ShardingAnalysis a = analyze_sharding(traced, 2);
+  std::vector<Mode> tied;
+  for (const auto& d : a.linears)
+    if (d.weight == "tok_emb.weight") tied.push_back(d.mode);
+  EXPECT_EQ(tied, (std::vector<Mode>{Mode::Vocab, Mode::Column}));
   EXPECT_EQ(decision(a, "blocks.1.fc.weight").mode, Mode::Column);
+  EXPECT_EQ(parameter_shards(traced, a).at("tok_emb.weight").dim, 0);
+
+  const ShardingAnalysis three = analyze_sharding(gpt(true), 3);
+  for (const auto& d : three.linears)
+    if (d.weight == "tok_emb.weight") EXPECT_EQ(d.mode, Mode::Replicated) << d.why;
+  const auto& embedding = decision(three, "tok_emb.weight");
+  EXPECT_TRUE(embedding.indivisible);
+  EXPECT_NE(embedding.why.find("64 rows do not split in 3"), std::string::npos) << embedding.why;
 }
 
 // The residual MLP of examples/one_line_trainer.cpp: the stem's split output
@@ -84,8 +102,8 @@ TEST(ShardingAnalysis, ResidualMlpSplitsOnlyItsBlock) {
   EXPECT_NE(decision(a, "embed.weight").why.find("layer_norm"), std::string::npos);
   EXPECT_EQ(decision(a, "blocks.0.fc1.weight").mode, Mode::Column);
   EXPECT_EQ(decision(a, "blocks.0.fc2.weight").mode, Mode::Row);
-  EXPECT_EQ(decision(a, "head.weight").mode, Mode::Replicated);
-  EXPECT_EQ(a.forward_allreduces, 1);
+  EXPECT_EQ(decision(a, "head.weight").mode, Mode::Column);  // 8 classes: a vocabulary-parallel loss
+  EXPECT_EQ(a.forward_allreduces, 1 + 3);
 
   // Overrides: keeping the blocks whole is fine; forcing the stem column or
   // the first block linear row is refused.
@@ -94,7 +112,7 @@ TEST(ShardingAnalysis, ResidualMlpSplitsOnlyItsBlock) {
   const auto whole = analyze_sharding(traced, 2, keep);
   EXPECT_EQ(decision(whole, "blocks.0.fc1.weight").mode, Mode::Replicated);
   EXPECT_EQ(decision(whole, "blocks.0.fc2.weight").mode, Mode::Replicated);
-  EXPECT_EQ(whole.forward_allreduces, 0);
+  EXPECT_EQ(whole.forward_allreduces, 3);
   ShardingOverrides bad;
   bad.column = {"embed.weight"};
   const std::string err = testing::error_of([&] { analyze_sharding(traced, 2, bad); });
@@ -146,7 +164,9 @@ TEST(ShardingAnalysis, ParameterShardsFollowTheDecisions) {
   EXPECT_EQ(shard("blocks.1.fc.bias"), "0/1");
   EXPECT_EQ(shard("blocks.1.fc_out.weight"), "1/1");
   EXPECT_EQ(shard("blocks.1.ln2.weight"), "whole");
-  EXPECT_EQ(shard("head.weight"), "whole");
+  EXPECT_EQ(shard("head.weight"), "0/1");
+  EXPECT_EQ(shard("tok_emb.weight"), "0/1");
+  EXPECT_EQ(shard("pos_emb.weight"), "whole");
   // The fused q/k/v weight [96, 32]: rank 1 holds rows 16-31, 48-63, 80-95.
   const auto w = torch::arange(96 * 32).reshape({96, 32});
   const ParameterShard qkv = shards.at("blocks.0.attn.qkv.weight");

@@ -14,6 +14,13 @@
 //     reverts the linears that split it and runs again, until nothing
 //     changes. A weight read by anything but its one linear (tied to an
 //     embedding, shared across layers) stays replicated.
+// Vocabulary parallelism: a token embedding (an aten::embedding whose ids
+// come from the data) is cut by rows when t divides them; a linear whose
+// split output reaches aten::cross_entropy_loss as its class dimension is
+// column-parallel, and the loss is computed over the split classes without
+// gathering the logits. A weight read only by such an embedding and such a
+// head (tied) is cut alike for both; when either cannot be cut, both stay
+// whole.
 // Attention splits by heads on its own: q, k, v column-parallel, their
 // views to [batch, seq, heads, head_dim] split the heads dimension (its size
 // becomes heads / t on each rank), the products and softmax stay split by
@@ -31,8 +38,10 @@
 
 namespace trine {
 
+// A linear's decision, or an embedding's (Vocab: its table cut by rows,
+// each rank looking up the ids it holds and one all-reduce summing them).
 struct LinearDecision {
-  enum class Mode { Column, Row, Replicated };
+  enum class Mode { Column, Row, Replicated, Vocab };
   std::string weight;  // the weight parameter's name
   Mode mode = Mode::Replicated;
   int blocks = 1;      // Column: fused parts of the output (3 for a fused q/k/v), each cut in t
@@ -53,7 +62,7 @@ struct ShardingOverrides {
 
 struct ShardingAnalysis {
   int tp = 1;
-  std::vector<LinearDecision> linears;  // in graph order
+  std::vector<LinearDecision> linears;  // in graph order (embeddings too)
   std::unordered_map<const torch::jit::Value*, Placement> placements;  // every tensor value's
   int forward_allreduces = 0;  // partial sums made whole per forward
   std::vector<std::string> reshapes;  // shape changes a rewrite must make ("aten::view: dim 2, 4 -> 2 per rank")
