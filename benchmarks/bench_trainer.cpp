@@ -11,7 +11,9 @@
 //       allocated during a step (benchmarks/bench_recompute.sh). With
 //       --schedule interleaved_1f1b --virtual-stages V, each rank runs V
 //       model chunks; --per-rank makes every rank print its line with its time
-//       waiting on peers (benchmarks/bench_interleaved.sh).
+//       waiting on peers (benchmarks/bench_interleaved.sh). With --tp T, the
+//       ranks are tensor-parallel and the line has the time spent in their
+//       all-reduces (benchmarks/bench_tensor_parallel.sh).
 //
 // Each run prints one JSON line (prefixed "json: ") for the script to collect.
 #include "bench_timing.h"
@@ -33,7 +35,7 @@ struct Args {
   std::string mode = "pipeline";
   std::string schedule = "1f1b";
   int virtual_stages = 1;
-  int pp = 1, dp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
+  int pp = 1, dp = 1, tp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
   int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
   RecomputeSettings recompute;
   bool per_rank = false;  // every rank prints its line (set by --recompute)
@@ -54,6 +56,7 @@ TrainConfig config_of(const Args& a) {
   TrainConfig c;
   c.parallel.dp = a.dp;
   c.parallel.pp = a.pp;
+  c.parallel.tp = a.tp;
   c.global_batch = a.global_batch;
   c.microbatches = a.microbatches;
   c.schedule = a.schedule;
@@ -75,6 +78,7 @@ int main(int argc, char** argv) try {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later options win
   app.add_option("--mode", a.mode)->check(CLI::IsMember({"pipeline", "plain-vs-trainer"}));
   app.add_option("--pp", a.pp);
+  app.add_option("--tp", a.tp);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   bool per_rank = false;
@@ -113,6 +117,7 @@ int main(int argc, char** argv) try {
       sum.reduce_s += t.reduce_s / a.steps;
       sum.optimizer_s += t.optimizer_s / a.steps;
       sum.recompute_s += t.recompute_s / a.steps;
+      sum.tensor_parallel_s += t.tensor_parallel_s / a.steps;
       sum.peak_bytes = std::max(sum.peak_bytes, t.peak_bytes);
     }
     // Every rank's breakdown, for seeing where a pipeline loses time.
@@ -121,6 +126,7 @@ int main(int argc, char** argv) try {
                  1e3 * sum.backward_s, 1e3 * sum.communicate_s, 1e3 * sum.reduce_s, 1e3 * sum.optimizer_s);
     const double step_s = bench::median(times);
     out.update({{"schedule", a.schedule}, {"virtual_stages", a.virtual_stages}, {"pp", a.pp}, {"dp", a.dp},
+                {"tp", a.tp}, {"tensor_parallel_s", sum.tensor_parallel_s},
                 {"ranks", trainer.world_size()}, {"step_s", step_s}, {"samples_per_s", a.global_batch / step_s},
                 {"communicate_s", sum.communicate_s}});
     if (a.per_rank) {

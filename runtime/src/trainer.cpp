@@ -121,6 +121,8 @@ struct Trainer::Impl {
   std::unique_ptr<RegisteredGroup> tp_group;
   TracedModel rank_model;
   std::vector<ShardedStageBytes> tp_stage_bytes;  // per stage: what one tp rank holds of it
+  double tp_seconds = 0;   // spent in tp all-reduces since the step began
+  StepTimings timings;     // the executor's for the last step, with tensor_parallel_s
   std::unique_ptr<PipelineExecutor> executor;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   int64_t step = 0;
@@ -362,9 +364,15 @@ void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
   const int t = config.parallel.tp;
   if (t == 1) return;
   Communicator* group = tp.get();
+  double* seconds = &tp_seconds;
+  auto timed = [seconds](const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
-      tp_rank, t, [group](torch::Tensor& x) { group->allreduce_sum(x); },
-      [group](torch::Tensor& x) { group->allreduce_max(x); }});
+      tp_rank, t, [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_sum(x); }); },
+      [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_max(x); }); }});
   for (StageProgram& stage : stages) {
     shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id()});
     tp_stage_bytes.push_back(sharded_stage_bytes(stage));
@@ -515,7 +523,10 @@ double Trainer::step(const SampleBatch& global_batch) {
   const SampleBatch mine = rows_of(global_batch, m.replica * per_replica, per_replica);
   const int64_t mbs = m.split.microbatches;
   const int64_t first = (m.step * m.config.parallel.dp + m.replica) * mbs;
+  m.tp_seconds = 0;
   m.executor->run_step(mine, first, [&] { m.optimizer_step(); });
+  m.timings = m.executor->timings();
+  m.timings.tensor_parallel_s = m.tp_seconds;
   ++m.step;
   return m.last_loss;
 }
@@ -576,7 +587,7 @@ double Trainer::forward_flops_per_sample() const {
   return impl_->proxy.total_flops() / static_cast<double>(impl_->split.microbatch_rows);
 }
 
-const StepTimings& Trainer::last_step_timings() const { return impl_->executor->timings(); }
+const StepTimings& Trainer::last_step_timings() const { return impl_->timings; }
 
 torch::Tensor Trainer::parameter(const std::string& name) const {
   const int p = impl_->proxy.find_param(name);

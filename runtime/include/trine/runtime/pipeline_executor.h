@@ -48,6 +48,9 @@ struct StepTimings {
   // Recomputation: the R instructions (including the wait for the transfers
   // they overlap) and the recomputes backwards ran in-line (not in backward_s).
   double recompute_s = 0;
+  // Tensor parallelism: inside the tp group's all-reduces (forward and
+  // backward, within the times above); set by the Trainer.
+  double tensor_parallel_s = 0;
   int64_t peak_bytes = 0;  // with ExecutorOptions::measure_memory: most bytes allocated during the step above its start
 };
 
