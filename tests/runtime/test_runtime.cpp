@@ -61,6 +61,7 @@ TEST(ProcessGrid, BadSizesAndOrdersAreClearErrors) {
 TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   const auto c = TrainConfig::from_json(nlohmann::json::parse(R"({
     "parallel": {"dp": 2, "pp": 4, "tp": 1, "order": "dp-tp-pp"}, "global_batch": 64, "microbatches": 8,
+    "tensor_parallel": {"column": [], "row": [], "replicate": [], "sub_microbatches": 1},
     "schedule": "gpipe", "partition": {"method": "dp", "profile": true, "memory_limit_bytes": 1000, "starts": []},
     "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "grad_clip": 0,
                   "beta1": 0.8, "beta2": 0.9, "eps": 1e-6},
@@ -96,7 +97,16 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_NE(bad([](TrainConfig& c) { c.optimizer.name = "adam"; }).find("use \"adamw\" or \"sgd\""), std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.microbatches = 0; }).find("config.microbatches must be at least 1"),
             std::string::npos);
-  EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 2; }).find("tensor parallelism is not implemented yet"),
+  EXPECT_NE(bad([](TrainConfig& c) {
+              c.parallel.tp = 2;
+              c.tensor_parallel.sub_microbatches = 2;
+            }).find("config.tensor_parallel.sub_microbatches is 2, but sub-pipelined tensor parallelism is not "
+                    "implemented yet"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.row = {"*.fc2.weight"}; })
+                .find("config.tensor_parallel.column/row/replicate are set, but config.parallel.tp is 1"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 0; }).find("config.parallel.tp must be at least 1"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) {
               c.recompute.policy = "selective";
