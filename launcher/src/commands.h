@@ -47,6 +47,8 @@ int run_inspect(const InspectArgs& args);
 struct PlanCommandArgs {
   ModelArgs model;
   PlanArgs plan;
+  int tp = 1;                      // > 1: also each linear's decision and the memory per tp rank
+  ShardingOverrides tp_overrides;  // --tp-column / --tp-row / --tp-replicate patterns
 };
 CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args);
 int run_plan(const PlanCommandArgs& args);

@@ -3,6 +3,7 @@
 
 #include "trine/partitioner/profiler.h"
 #include "trine/recompute/memory_model.h"
+#include "trine/runtime/tensor_parallel_report.h"
 #include "trine/schedules/schedule_registry.h"
 
 #include <iostream>
@@ -113,6 +114,12 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args) {
   auto* cmd = app.add_subcommand("plan", "cut a model into pipeline stages, print and write the plan");
   add_model_options(cmd, args.model, true);
   add_plan_options(cmd, args.plan);
+  cmd->add_option("--tp", args.tp, "also print every linear's tensor-parallel decision over this many ranks and the "
+                                   "memory one tp rank holds per stage")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--tp-column", args.tp_overrides.column, "--tp: force these weights column-parallel")->delimiter(',');
+  cmd->add_option("--tp-row", args.tp_overrides.row, "--tp: force these weights row-parallel")->delimiter(',');
+  cmd->add_option("--tp-replicate", args.tp_overrides.replicate, "--tp: keep these weights whole")->delimiter(',');
   return cmd;
 }
 
@@ -124,6 +131,13 @@ int run_plan(const PlanCommandArgs& args) {
   const StagePlan plan = make_plan(model, proxy, args.plan);
   std::cout << plan.table();
   print_activation_memory(proxy, plan, args.plan.recompute);
+  if (args.tp > 1) {
+    const ShardingAnalysis analysis = analyze_sharding(model.traced, args.tp, args.tp_overrides);
+    check_tensor_parallel_layout(analysis, "--tp", "--tp-replicate");
+    std::cout << sharding_table(analysis)
+              << tensor_parallel_memory_table(plan, sharded_stage_bytes(model.traced, proxy,
+                                                                        plan.stage_of_layer(proxy), analysis));
+  }
   if (!args.plan.out.empty()) {
     plan.save(args.plan.out);
     std::cout << "plan written to " << args.plan.out << "\n";

@@ -12,6 +12,7 @@
 #include "trine/runtime/distributed_session.h"
 #include "trine/runtime/optimizer.h"
 #include "trine/runtime/pipeline_executor.h"
+#include "trine/runtime/tensor_parallel_report.h"
 #include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_checker.h"
 #include "trine/tensor_parallel/parameter_shards.h"
@@ -600,25 +601,7 @@ int Trainer::tensor_parallel_rank() const { return impl_->tp_rank; }
 std::string Trainer::tensor_parallel_table() const {
   const Impl& m = *impl_;
   if (m.config.parallel.tp == 1) return "";
-  auto mib = [](double bytes) { return bytes / (1024.0 * 1024.0); };
-  auto share = [](int64_t part, int64_t whole) { return whole > 0 ? static_cast<double>(part) / whole : 1.0; };
-  std::ostringstream os;
-  os << sharding_table(m.tp_analysis);
-  char line[256];
-  std::snprintf(line, sizeof line, "%-5s %18s %18s %16s %14s\n", "stage", "params MiB/rank", "activ. MiB/rank",
-                "state MiB/rank", "mem MiB/rank");
-  os << "memory per tp rank (of the whole stage's, scaled by what the rank holds):\n" << line;
-  for (size_t s = 0; s < m.tp_stage_bytes.size(); ++s) {
-    const ShardedStageBytes& b = m.tp_stage_bytes[s];
-    const PlanStage& st = m.plan->stages.at(s);
-    const double state = st.state_bytes * share(b.parameters, b.whole_parameters);
-    const double activations = (st.memory_bytes - st.state_bytes) * share(b.activations, b.whole_activations);
-    std::snprintf(line, sizeof line, "%-5zu %8.2f of %7.2f %8.2f of %7.2f %16.2f %14.2f\n", s, mib(b.parameters),
-                  mib(b.whole_parameters), mib(b.activations), mib(b.whole_activations), mib(state),
-                  mib(state + activations));
-    os << line;
-  }
-  return os.str();
+  return sharding_table(m.tp_analysis) + tensor_parallel_memory_table(*m.plan, m.tp_stage_bytes);
 }
 
 torch::Tensor Trainer::tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const {

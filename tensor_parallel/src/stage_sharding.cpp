@@ -420,6 +420,18 @@ ShardedStageBytes sharded_stage_bytes(const StageProgram& stage) {
   return b;
 }
 
+std::vector<ShardedStageBytes> sharded_stage_bytes(const TracedModel& model, const ProxyGraph& proxy,
+                                                   const std::vector<int>& stage_of_layer,
+                                                   const ShardingAnalysis& analysis) {
+  const auto shards = parameter_shards(model, analysis);
+  std::vector<ShardedStageBytes> out;
+  for (StageProgram& stage : split_into_stages(model, proxy, stage_of_layer)) {
+    shard_stage(stage, {&model, &analysis, &shards, 0, analysis.tp, 0});  // group 0: never run
+    out.push_back(sharded_stage_bytes(stage));
+  }
+  return out;
+}
+
 TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::string, ParameterShard>& shards,
                                   int rank, int tp) {
   TracedModel local = model;

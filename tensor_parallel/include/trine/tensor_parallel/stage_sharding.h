@@ -16,12 +16,14 @@
 // Parameters are cut by parameter_shards.h; with_parameter_shards gives the
 // traced model whose tensors a rank's stages start from.
 #pragma once
+#include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/sharding_analysis.h"
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace trine {
 
@@ -47,6 +49,11 @@ struct ShardedStageBytes {
   int64_t activations = 0, whole_activations = 0;
 };
 ShardedStageBytes sharded_stage_bytes(const StageProgram& stage);
+// The same for every stage of `stage_of_layer`, cut from `model` and
+// rewritten for tp rank 0 (every rank holds the same amounts).
+std::vector<ShardedStageBytes> sharded_stage_bytes(const TracedModel& model, const ProxyGraph& proxy,
+                                                   const std::vector<int>& stage_of_layer,
+                                                   const ShardingAnalysis& analysis);
 
 // `model` with every cut parameter replaced by rank `rank`'s slice of it
 // (the graph is shared, not copied).
