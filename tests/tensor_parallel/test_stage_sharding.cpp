@@ -81,24 +81,19 @@ void expect_tp_equals_one_process(const TracedModel& traced, const SampleBatch& 
   }
 }
 
-TracedModel traced_gpt(bool tied, double dropout, ModelSpec* spec_out = nullptr, SampleBatch* batch = nullptr) {
-  ModelSpec spec = testing::small_gpt_spec(tied, dropout);
+// An example model (examples/example_tasks.h) on its first batch.
+void expect_example_tp_equals_one_process(const ModelSpec& spec, int tp) {
   auto model = make_example_model(spec);
-  if (batch) *batch = model.batch(0);
-  if (spec_out) *spec_out = spec;
-  return trace(model.module, model.loss, model.batch(0));
+  const SampleBatch batch = model.batch(0);
+  expect_tp_equals_one_process(trace(model.module, model.loss, batch), batch, tp);
 }
 
 TEST(StageSharding, GptOnTwoRanksEqualsOneProcess) {
-  SampleBatch batch;
-  const TracedModel traced = traced_gpt(false, 0.0, nullptr, &batch);
-  expect_tp_equals_one_process(traced, batch, 2);
+  expect_example_tp_equals_one_process(testing::small_gpt_spec(), 2);
 }
 
 TEST(StageSharding, TiedGptOnFourRanksEqualsOneProcess) {
-  SampleBatch batch;
-  const TracedModel traced = traced_gpt(true, 0.0, nullptr, &batch);
-  expect_tp_equals_one_process(traced, batch, 4);
+  expect_example_tp_equals_one_process(testing::small_gpt_spec(/*tied=*/true), 4);
 }
 
 TEST(StageSharding, ResidualMlpOnTwoRanksEqualsOneProcess) {
@@ -118,9 +113,7 @@ TEST(StageSharding, GptWhoseHeadsDoNotDivideCutsOnlyItsMlp) {
   ModelSpec spec = testing::small_gpt_spec();
   spec.hidden = 48;
   spec.heads = 3;
-  auto model = make_example_model(spec);
-  const SampleBatch batch = model.batch(0);
-  expect_tp_equals_one_process(trace(model.module, model.loss, batch), batch, 2);
+  expect_example_tp_equals_one_process(spec, 2);
 }
 
 // Skip connections add split values to whole ones: the whole operand is cut
@@ -131,9 +124,7 @@ TEST(StageSharding, SkipModelOnTwoRanksEqualsOneProcess) {
   spec.layers = 6;
   spec.hidden = 32;
   spec.batch = 4;
-  auto model = make_example_model(spec);
-  const SampleBatch batch = model.batch(0);
-  expect_tp_equals_one_process(trace(model.module, model.loss, batch), batch, 2);
+  expect_example_tp_equals_one_process(spec, 2);
 }
 
 // Threads share LibTorch's one CPU generator, so ranks simulated by threads
