@@ -598,6 +598,21 @@ torch::Tensor Trainer::parameter(const std::string& name) const {
 
 int Trainer::tensor_parallel_rank() const { return impl_->tp_rank; }
 
+double Trainer::tensor_parallel_divergence() const {
+  const Impl& m = *impl_;
+  torch::NoGradGuard no_grad;
+  double worst = 0;
+  for (size_t i = 0; i < m.proxy.params.size(); ++i) {
+    const torch::Tensor mine = m.executor->parameter(static_cast<int>(i));
+    if (!mine.defined() || m.tp_shards.count(m.proxy.params[i].name)) continue;
+    torch::Tensor most = mine.detach().to(torch::kDouble), least = -most;
+    m.tp->allreduce_max(most);
+    m.tp->allreduce_max(least);
+    worst = std::max(worst, (most + least).abs().max().item<double>());
+  }
+  return worst;
+}
+
 std::string Trainer::tensor_parallel_table() const {
   const Impl& m = *impl_;
   if (m.config.parallel.tp == 1) return "";

@@ -250,6 +250,14 @@ int main(int argc, char** argv) {
           ++failures;
         }
       }
+      if (a.tp > 1) {  // whole parameters (norms, row biases) stay identical across the tp ranks
+        const double divergence = trainer.tensor_parallel_divergence();
+        if (divergence != 0) {
+          std::fprintf(stderr, "rank %d m=%d: whole parameters differ across its tp group by %.3e\n", trainer.rank(),
+                       m, divergence);
+          ++failures;
+        }
+      }
       std::printf("rank %d (stage %d, replica %d, tp rank %d) %s dp=%d pp=%d tp=%d %s recompute %s dropout %g m=%d: %d steps, worst loss rel %.2e, worst "
                   "parameter rel %.2e, first loss %.6f last %.6f\n",
                   trainer.rank(), trainer.stage(), trainer.replica(), trainer.tensor_parallel_rank(), a.model.c_str(), a.dp, a.pp, a.tp, a.schedule.c_str(), a.recompute.c_str(), a.dropout, m,

@@ -82,6 +82,11 @@ class Trainer {
   // computes per microbatch, and the plan's state and memory scaled by
   // them). Empty when tp = 1.
   std::string tensor_parallel_table() const;
+  // The largest difference, element by element, between the copies that
+  // the ranks of this rank's tp group hold of each whole (uncut) parameter
+  // and buffer of its stages: 0 when they are identical, as they must stay.
+  // Collective over the tp group (every member calls it).
+  double tensor_parallel_divergence() const;
   // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only;
   // under tensor parallelism each tp rank its slices, to stage-<s>-tp<r>.pt),
   // through a temporary file renamed into place.
