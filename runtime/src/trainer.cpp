@@ -372,8 +372,7 @@ void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
     *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
   tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
-      tp_rank, t, [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_sum(x); }); },
-      [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_max(x); }); }});
+      tp_rank, t, [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_sum(x); }); }});
   for (StageProgram& stage : stages) {
     shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id()});
     tp_stage_bytes.push_back(sharded_stage_bytes(stage));

@@ -38,27 +38,26 @@ at::Tensor vocab_embedding_op(const at::Tensor& weight, const at::Tensor& ids, i
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Per row: log(sum of exp over all classes) - the target's logit, both
-// shifted by the row's maximum over all classes.
+// Per row: log(sum of exp over all classes) - the target's logit. Each rank
+// puts its classes' log-sum-exp in its own row of a [t + 1, rows] tensor and
+// the target's logit (where it holds the target) in the last; one all-reduce
+// sums them, and every rank combines the t log-sum-exps itself.
 struct VocabCrossEntropy : torch::autograd::Function<VocabCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
                             int64_t ignore_index, int64_t first_class, int64_t group_id) {
     const TensorParallelGroup& group = registered_group(group_id);
-    const int64_t classes = logits.size(1);
-    at::Tensor max = std::get<0>(logits.max(1));
-    group.max(max);
-    const at::Tensor shifted = logits - max.unsqueeze(1);
-    const at::Tensor exps = shifted.exp();
-    at::Tensor sums = exps.sum(1);
-    group.sum(sums);
+    const int64_t classes = logits.size(1), rows = logits.size(0);
     const at::Tensor valid = target != ignore_index;
     const at::Tensor mine = (target >= first_class).logical_and(target < first_class + classes).logical_and(valid);
     const at::Tensor local = (target - first_class).masked_fill(mine.logical_not(), 0);
-    at::Tensor picked = shifted.gather(1, local.unsqueeze(1)).squeeze(1).masked_fill(mine.logical_not(), 0);
-    group.sum(picked);
-    const at::Tensor losses = (sums.log() - picked).masked_fill(valid.logical_not(), 0);
+    at::Tensor packed = at::zeros({group.size + 1, rows}, logits.options());
+    packed[group.rank].copy_(at::logsumexp(logits, 1));
+    packed[group.size].copy_(logits.gather(1, local.unsqueeze(1)).squeeze(1).masked_fill(mine.logical_not(), 0));
+    group.sum(packed);
+    const at::Tensor lse = at::logsumexp(packed.narrow(0, 0, group.size), 0);
+    const at::Tensor losses = (lse - packed[group.size]).masked_fill(valid.logical_not(), 0);
     const at::Tensor count = valid.sum().to(logits.scalar_type());
-    ctx->save_for_backward({exps / sums.unsqueeze(1), local, mine, valid, count});
+    ctx->save_for_backward({(logits - lse.unsqueeze(1)).exp(), local, mine, valid, count});
     ctx->saved_data["reduction"] = reduction;
     if (reduction == at::Reduction::Mean) return losses.sum() / count;
     if (reduction == at::Reduction::Sum) return losses.sum();

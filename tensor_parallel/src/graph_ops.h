@@ -19,8 +19,9 @@
 //   trine_tp::vocab_cross_entropy(Tensor logits, Tensor target, int reduction,
 //                                 int ignore_index, int first_class, int group)
 //       cross-entropy of [rows, classes] logits whose classes are split across
-//       the group (this rank's start at first_class), from three all-reduces
-//       of one number per row: never the whole logits
+//       the group (this rank's start at first_class), from one all-reduce of
+//       t + 1 numbers per row (each rank's log-sum-exp, the target's logit):
+//       never the whole logits
 #pragma once
 #include <ATen/core/symbol.h>
 

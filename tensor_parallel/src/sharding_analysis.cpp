@@ -506,7 +506,7 @@ void Propagation::cross_entropy(const Node* n) {
   const bool weighted = !n->input(2)->mustBeNone();
   const auto smoothing = n->inputs().size() > 5 ? torch::jit::constant_as<double>(n->input(5)) : std::optional<double>(0);
   if (in.is_split() && in.dim == 1 && in.blocks == 1 && rank_of(x) == 2 && !weighted && smoothing && *smoothing == 0) {
-    allreduces_ += 3;  // the maximum, the sum of exponentials, the target's logit
+    ++allreduces_;  // each rank's log-sum-exp and the target's logit, per row
     return replicate_outputs(n);
   }
   if (in.is_partial()) make_whole(x);

@@ -13,15 +13,11 @@ class InProcessGroup {
  public:
   explicit InProcessGroup(int ranks) : ranks_(ranks) {}
 
-  void all_reduce(torch::Tensor& t) { combine(t, [](const torch::Tensor& a, const torch::Tensor& b) { return a + b; }); }
-  void all_reduce_max(torch::Tensor& t) { combine(t, [](const torch::Tensor& a, const torch::Tensor& b) { return torch::maximum(a, b); }); }
-
- private:
-  template <typename Op>
-  void combine(torch::Tensor& t, Op op) {
+  // In-place sum over the threads.
+  void all_reduce(torch::Tensor& t) {
     std::unique_lock<std::mutex> lock(mutex_);
     const int64_t round = round_;
-    acc_ = arrived_ == 0 ? t.detach().clone() : op(acc_, t.detach());
+    acc_ = arrived_ == 0 ? t.detach().clone() : acc_ + t.detach();
     if (++arrived_ == ranks_) {
       result_ = acc_;
       arrived_ = 0;
@@ -34,6 +30,8 @@ class InProcessGroup {
     t.copy_(result_);
   }
 
+
+ private:
   int ranks_;
   std::mutex mutex_;
   std::condition_variable done_;

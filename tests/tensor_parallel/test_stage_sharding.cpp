@@ -57,8 +57,7 @@ void expect_tp_equals_one_process(const TracedModel& traced, const SampleBatch& 
     threads.emplace_back([&, r] {
       try {
         torch::set_num_threads(1);
-        RegisteredGroup registered({r, tp, [&](torch::Tensor& t) { group.all_reduce(t); },
-                                    [&](torch::Tensor& t) { group.all_reduce_max(t); }});
+        RegisteredGroup registered({r, tp, [&](torch::Tensor& t) { group.all_reduce(t); }});
         const TracedModel local = with_parameter_shards(traced, shards, r, tp);
         auto stages = split_into_stages(traced, proxy, one_stage);
         shard_stage(stages[0], {&traced, &analysis, &shards, r, tp, registered.id()});

@@ -18,7 +18,6 @@ struct TensorParallelGroup {
   int rank = 0;  // this process's position in the group
   int size = 1;
   AllReduceSum sum;  // in-place sum over the group
-  AllReduceSum max;  // in-place maximum over the group (the vocabulary-parallel loss)
 };
 
 class RegisteredGroup {
