@@ -8,6 +8,7 @@
 //   build/bin/one_line_trainer                                  # one process
 //   mpirun -np 4 build/bin/one_line_trainer --dp 2 --pp 2       # 2 replicas x 2 stages
 //   torchrun --standalone --nproc-per-node 2 --no-python build/bin/one_line_trainer --pp 2
+//   mpirun -np 4 build/bin/one_line_trainer --pp 2 --tp 2       # 2 stages, each layer cut in 2
 #include "trine/examples/residual_mlp.h"
 #include "trine/runtime/trainer.h"
 
@@ -47,6 +48,7 @@ int main(int argc, char** argv) try {
     "lr_schedule": {"warmup_steps": 5}, "logging": {"every": 10}})"));
   config.parallel.dp = flag(argc, argv, "--dp", 1);
   config.parallel.pp = flag(argc, argv, "--pp", 1);
+  config.parallel.tp = flag(argc, argv, "--tp", 1);
 
   // The one line.
   trine::Trainer trainer(torch::nn::AnyModule(model), loss, blobs(0, 64), config);
