@@ -25,6 +25,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.tensor_parallel.column = t.get("column", c.tensor_parallel.column);
     c.tensor_parallel.row = t.get("row", c.tensor_parallel.row);
     c.tensor_parallel.replicate = t.get("replicate", c.tensor_parallel.replicate);
+    c.tensor_parallel.dropout = t.get("dropout", c.tensor_parallel.dropout);
     c.tensor_parallel.sub_microbatches = t.get("sub_microbatches", c.tensor_parallel.sub_microbatches);
     t.finish();
   }
@@ -101,6 +102,9 @@ void TrainConfig::check() const {
   TORCH_CHECK(parallel.tp >= 1, "config.parallel.tp must be at least 1, got ", parallel.tp);
   TORCH_CHECK(tensor_parallel.sub_microbatches == 1, "config.tensor_parallel.sub_microbatches is ",
               tensor_parallel.sub_microbatches, ", but sub-pipelined tensor parallelism is not implemented yet: use 1");
+  TORCH_CHECK(tensor_parallel.dropout == "exact" || tensor_parallel.dropout == "per_shard",
+              "config.tensor_parallel.dropout '", tensor_parallel.dropout, "' is unknown; use \"exact\" (the "
+              "single-process masks) or \"per_shard\" (each rank draws its own; not equal to one process)");
   const bool overrides = !tensor_parallel.column.empty() || !tensor_parallel.row.empty() ||
                          !tensor_parallel.replicate.empty();
   TORCH_CHECK(parallel.tp > 1 || !overrides, "config.tensor_parallel.column/row/replicate are set, but "

@@ -374,7 +374,8 @@ void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
   tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
       tp_rank, t, [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_sum(x); }); }});
   for (StageProgram& stage : stages) {
-    shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id()});
+    shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id(),
+                        config.tensor_parallel.dropout == "exact"});
     tp_stage_bytes.push_back(sharded_stage_bytes(stage));
   }
 }

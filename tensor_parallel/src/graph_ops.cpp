@@ -3,10 +3,12 @@
 #include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/tensor_parallel_group.h"
 
+#include <ATen/Context.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <mutex>
 #include <numeric>
 
 namespace trine {
@@ -107,6 +109,20 @@ at::Tensor dropout_op(const at::Tensor& x, double p, bool train, at::IntArrayRef
                       static_cast<int>(tp));
 }
 
+at::Tensor shard_dropout_op(const at::Tensor& x, double p, bool train, int64_t rank) {
+  if (!train || p == 0) return at::dropout(x, p, train);
+  auto gen = at::globalContext().defaultGenerator(x.device());
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    // splitmix64's increment and finaliser: distinct, well-spread seeds per rank.
+    uint64_t z = gen.current_seed() + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(rank + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    gen.set_current_seed(z ^ (z >> 31));
+  }
+  return at::dropout(x, p, true);
+}
+
 }  // namespace
 
 namespace tp_ops {
@@ -114,6 +130,7 @@ namespace tp_ops {
 c10::Symbol enter() { return c10::Symbol::fromQualString("trine_tp::enter"); }
 c10::Symbol leave() { return c10::Symbol::fromQualString("trine_tp::leave"); }
 c10::Symbol dropout() { return c10::Symbol::fromQualString("trine_tp::dropout"); }
+c10::Symbol shard_dropout() { return c10::Symbol::fromQualString("trine_tp::shard_dropout"); }
 c10::Symbol piece() { return c10::Symbol::fromQualString("trine_tp::piece"); }
 c10::Symbol vocab_embedding() { return c10::Symbol::fromQualString("trine_tp::vocab_embedding"); }
 c10::Symbol vocab_cross_entropy() { return c10::Symbol::fromQualString("trine_tp::vocab_cross_entropy"); }
@@ -132,4 +149,6 @@ TORCH_LIBRARY(trine_tp, m) {
         "int group) -> Tensor", &trine::vocab_cross_entropy_op);
   m.def("dropout(Tensor x, float p, bool train, int[] whole, int dim, int blocks, int rank, int tp) -> Tensor",
         &trine::dropout_op, {at::Tag::nondeterministic_seeded});
+  m.def("shard_dropout(Tensor x, float p, bool train, int rank) -> Tensor", &trine::shard_dropout_op,
+        {at::Tag::nondeterministic_seeded});
 }

@@ -12,6 +12,11 @@
 //       mask: the mask of the whole value is drawn (the same numbers a whole
 //       aten::dropout draws) and this rank's piece of it applied. Tagged
 //       nondeterministic_seeded, so the graph runner seeds it like dropout.
+//   trine_tp::shard_dropout(Tensor x, float p, bool train, int rank)
+//       dropout of this rank's piece drawn by the rank itself: the generator,
+//       seeded for the op as for any dropout, is reseeded with the rank mixed
+//       in, so ranks draw different masks (not one process's); tagged like
+//       trine_tp::dropout
 //   trine_tp::vocab_embedding(Tensor weight, Tensor ids, int padding_idx,
 //                             int first_row, int group)
 //       lookup in this rank's rows of the table (ids it does not hold give
@@ -30,6 +35,7 @@ namespace trine::tp_ops {
 c10::Symbol enter();
 c10::Symbol leave();
 c10::Symbol dropout();
+c10::Symbol shard_dropout();
 c10::Symbol piece();
 c10::Symbol vocab_embedding();
 c10::Symbol vocab_cross_entropy();

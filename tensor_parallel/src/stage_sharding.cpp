@@ -318,6 +318,10 @@ class StageRewrite {
         TORCH_CHECK(use.user == n || use.user->isBefore(n), "tensor parallelism: the in-place dropout of ",
                     describe(x), " is read again through its input; use an out-of-place dropout");
     const auto type = n->output()->type()->cast<c10::TensorType>()->withSizes(*local_sizes(x));
+    if (!c_.exact_dropout)
+      return replace_with(n, insert_op(tp_ops::shard_dropout(),
+                                       {x, n->input(1), n->input(2), constant(int64_t{c_.rank}, n)}, type, n,
+                                       id_of_[n]));
     Node* d = insert_op(tp_ops::dropout(),
                         {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{p.dim}, n),
                          constant(int64_t{p.blocks}, n), constant(int64_t{c_.rank}, n), constant(int64_t{c_.tp}, n)},

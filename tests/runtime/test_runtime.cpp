@@ -61,7 +61,7 @@ TEST(ProcessGrid, BadSizesAndOrdersAreClearErrors) {
 TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   const auto c = TrainConfig::from_json(nlohmann::json::parse(R"({
     "parallel": {"dp": 2, "pp": 4, "tp": 1, "order": "dp-tp-pp"}, "global_batch": 64, "microbatches": 8,
-    "tensor_parallel": {"column": [], "row": [], "replicate": [], "sub_microbatches": 1},
+    "tensor_parallel": {"column": [], "row": [], "replicate": [], "dropout": "per_shard", "sub_microbatches": 1},
     "schedule": "gpipe", "partition": {"method": "dp", "profile": true, "memory_limit_bytes": 1000, "starts": []},
     "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "grad_clip": 0,
                   "beta1": 0.8, "beta2": 0.9, "eps": 1e-6},
@@ -77,6 +77,7 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_EQ(c.lr_schedule.decay, "constant");
   EXPECT_EQ(c.checkpoint_every, 3);
   EXPECT_EQ(c.log_every, 2);
+  EXPECT_EQ(c.tensor_parallel.dropout, "per_shard");
   EXPECT_NO_THROW(c.check());
 
   auto err = [](const char* text) { return error_of([&] { TrainConfig::from_json(nlohmann::json::parse(text)); }); };
@@ -107,6 +108,9 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
                 .find("config.tensor_parallel.column/row/replicate are set, but config.parallel.tp is 1"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.parallel.tp = 0; }).find("config.parallel.tp must be at least 1"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.dropout = "fast"; })
+                .find("config.tensor_parallel.dropout 'fast' is unknown"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) {
               c.recompute.policy = "selective";

@@ -156,5 +156,21 @@ TEST(StageSharding, DropoutPiecesAreTheWholeValuesMask) {
   }
 }
 
+// The per-shard option: each rank's own stream, reproducible from the same
+// seed (recomputation draws it again), different across ranks.
+TEST(StageSharding, PerShardDropoutDrawsPerRankAndReproducibly) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("trine_tp::shard_dropout", "");
+  EXPECT_TRUE(op.hasTag(at::Tag::nondeterministic_seeded));
+  const auto call = op.typed<at::Tensor(const at::Tensor&, double, bool, int64_t)>();
+  const auto x = torch::ones({4, 64});
+  auto draw = [&](int64_t rank) {
+    torch::manual_seed(42);
+    return call.call(x, 0.5, true, rank);
+  };
+  EXPECT_TRUE(torch::equal(draw(0), draw(0)));
+  EXPECT_FALSE(torch::equal(draw(0), draw(1)));
+  EXPECT_TRUE(torch::equal(call.call(x, 0.5, false, 1), x));
+}
+
 }  // namespace
 }  // namespace trine

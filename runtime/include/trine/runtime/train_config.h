@@ -22,6 +22,10 @@ struct ParallelConfig {
 // name pattern ('*' matches any run of characters), which the analysis checks.
 struct TensorParallelConfig {
   std::vector<std::string> column, row, replicate;
+  // Dropout inside split regions: "exact" draws the single-process masks;
+  // "per_shard" lets each rank draw its own piece (less random-number work,
+  // but training no longer equals one process).
+  std::string dropout = "exact";
   int sub_microbatches = 1;  // Merak's sub-pipelining: halves of a microbatch interleaved (not yet: must be 1)
 };
 

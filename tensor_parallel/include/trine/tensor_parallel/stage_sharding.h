@@ -9,7 +9,8 @@
 //   - a row-parallel linear computes its partial product without the bias,
 //     sums it over the group (trine_tp::leave), then adds the bias once;
 //   - a dropout of a split value applies its piece of the mask the whole
-//     value would get (trine_tp::dropout), so masks equal one process's;
+//     value would get (trine_tp::dropout), so masks equal one process's (or,
+//     with exact_dropout off, draws its own piece: trine_tp::shard_dropout);
 //   - shape arguments that carry a split dimension (the heads of a view, the
 //     sizes of a fused q/k/v split) take this rank's sizes, and every split
 //     value's type (a received activation's included) its local shape.
@@ -33,6 +34,10 @@ struct StageShardingContext {
   const std::map<std::string, ParameterShard>* shards = nullptr;
   int rank = 0, tp = 1;
   int64_t group = 0;  // a RegisteredGroup's id (tensor_parallel_group.h)
+  // Dropout of split values: the single-process mask (exact, the default), or
+  // each rank's own draw of its piece (per shard: cheaper, a different stream
+  // from one process's, so training no longer equals it).
+  bool exact_dropout = true;
 };
 
 // Rewrites `stage` for tp rank `context.rank` (its graph, types and runner).
