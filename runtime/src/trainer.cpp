@@ -366,7 +366,7 @@ void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
   if (t == 1) return;
   Communicator* group = tp.get();
   double* seconds = &tp_seconds;
-  auto timed = [seconds](const std::function<void()>& f) {
+  auto timed = [seconds](auto&& f) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
     *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -1,6 +1,7 @@
 #include "trine/tensor_parallel/parameter_shards.h"
 
 #include "parameter_behind.h"
+#include "traced_shape.h"
 
 #include <c10/util/Exception.h>
 
@@ -66,8 +67,7 @@ void shard_operands_of_split_values(std::map<std::string, ParameterShard>& out, 
     if (n->outputs().size() != 1) continue;
     auto placed = a.placements.find(n->output());
     if (placed == a.placements.end() || !placed->second.is_split()) continue;
-    const auto out_type = n->output()->type()->cast<c10::TensorType>();
-    const auto out_shape = out_type ? out_type->sizes().concrete_sizes() : std::nullopt;
+    const auto out_shape = traced_shape(n->output());
     if (!out_shape) continue;
     for (const torch::jit::Value* in : n->inputs()) {
       const ParameterUse p = parameter_behind(model, in);

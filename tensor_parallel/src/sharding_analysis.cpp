@@ -2,6 +2,7 @@
 
 #include "parameter_behind.h"
 #include "split_through_view.h"
+#include "traced_shape.h"
 
 #include <torch/csrc/jit/ir/constants.h>
 
@@ -49,11 +50,6 @@ bool matches(const std::string& pattern, const std::string& name) {
   return p == pattern.size();
 }
 
-std::optional<std::vector<int64_t>> shape_of(const Value* v) {
-  const auto t = v->type()->cast<c10::TensorType>();
-  if (!t) return std::nullopt;
-  return t->sizes().concrete_sizes();
-}
 
 bool is_tensor(const Value* v) { return v->type()->cast<c10::TensorType>() != nullptr; }
 
@@ -183,7 +179,7 @@ void Propagation::find_linears() {
       continue;
     }
     s.param = parameter_behind(n->input(s.weight));
-    const auto w = shape_of(n->input(s.weight));
+    const auto w = traced_shape(n->input(s.weight));
     if (s.param < 0 || !w || w->size() != 2) continue;  // a product of two activations
     linear_index_[n] = linears_.size();
     linears_.push_back(s);
@@ -268,7 +264,7 @@ void Propagation::set(const Value* v, Placement p, std::set<const Node*> sources
 }
 
 int Propagation::rank_of(const Value* v) const {
-  const auto s = shape_of(v);
+  const auto s = traced_shape(v);
   return s ? static_cast<int>(s->size()) : -1;
 }
 
@@ -339,7 +335,7 @@ void Propagation::linear(const LinearSite& site) {
   };
   const bool want_column = forced_mode(overrides_.column), want_row = forced_mode(overrides_.row);
   const int in_rank = rank_of(x), out_rank = rank_of(n->output());
-  const auto w = *shape_of(n->input(site.weight));
+  const auto w = *traced_shape(n->input(site.weight));
   const int64_t out_features = site.weight_is_in_by_out ? w[1] : w[0];
   if (in.is_partial()) {
     make_whole(x);
@@ -452,7 +448,7 @@ void Propagation::viewlike(const Node* n) {
   } else if (kind == "aten::expand") {
     out.dim = in.dim + rank_of(n->output()) - rank;
   } else {  // view, reshape, flatten, unflatten
-    const auto from = shape_of(x), to = shape_of(n->output());
+    const auto from = traced_shape(x), to = traced_shape(n->output());
     if (!from || !to) return refuse(x, n, "(shapes unknown)");
     const ViewedSplit v = split_through_view(*from, *to, in, tp_);
     if (!v.placement && v.wants_blocks > 1 && want_blocks(x, v.wants_blocks))
@@ -526,8 +522,8 @@ void Propagation::chunk(const Node* n) {
   int parts = 0;
   if (n->kind() == c10::aten::chunk) {
     parts = static_cast<int>(int_constant(n->input(1)).value_or(0));
-  } else if (auto size = int_constant(n->input(1)); size && shape_of(x)) {
-    parts = static_cast<int>((*shape_of(x))[dim] / *size);
+  } else if (auto size = int_constant(n->input(1)); size && traced_shape(x)) {
+    parts = static_cast<int>((*traced_shape(x))[dim] / *size);
   }
   Placement element = Placement::replicated();
   if (in.is_partial()) make_whole(x);

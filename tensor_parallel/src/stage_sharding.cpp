@@ -2,6 +2,7 @@
 
 #include "graph_ops.h"
 #include "parameter_behind.h"
+#include "traced_shape.h"
 
 #include "trine/frontend/graph_runner.h"
 
@@ -21,12 +22,6 @@ namespace {
 using torch::jit::Node;
 using torch::jit::Value;
 using Mode = LinearDecision::Mode;
-
-std::optional<std::vector<int64_t>> concrete_shape(const Value* v) {
-  const auto t = v->type()->cast<c10::TensorType>();
-  if (!t) return std::nullopt;
-  return t->sizes().concrete_sizes();
-}
 
 bool is_floating_tensor(const Value* v) {
   const auto t = v->type()->cast<c10::TensorType>();
@@ -80,7 +75,7 @@ class StageRewrite {
   // Whole sizes as traced, and this rank's when `v` is split.
   std::optional<std::vector<int64_t>> whole_sizes(const Value* v) const {
     const Value* s = source(v);
-    return s ? concrete_shape(s) : std::nullopt;
+    return s ? traced_shape(s) : std::nullopt;
   }
   std::optional<std::vector<int64_t>> local_sizes(const Value* v) const {
     auto sizes = whole_sizes(v);
@@ -101,22 +96,18 @@ class StageRewrite {
   }
 
   void localize_input(Value* in) {
-    if (auto shard = shard_behind(in); shard && !shard->whole()) {
-      auto sizes = *concrete_shape(in);
-      sizes[shard->dim] /= c_.tp;
-      return set_sizes(in, sizes);
-    }
+    localize_parameter_view(in);
     if (placement(in).is_split())
       if (auto sizes = local_sizes(in)) set_sizes(in, *sizes);
   }
 
-  // A cut parameter seen through aten::t and the like: its type takes the slice's shape.
+  // A cut parameter, itself or seen through aten::t and the like: its type takes the slice's shape.
   void localize_parameter_view(Value* v) {
     const Value* s = source(v);
-    if (!s || s->node()->kind() == c10::prim::Param) return;
+    if (!s) return;
     const ParameterUse use = parameter_behind(*c_.model, s);
     const auto shard = shard_behind(v);
-    const auto sizes = concrete_shape(v);
+    const auto sizes = traced_shape(v);
     if (use.input < 0 || !shard || shard->whole() || !sizes) return;
     auto local = *sizes;
     const int dim = use.transposed && local.size() == 2 ? 1 - shard->dim : shard->dim;
@@ -150,8 +141,9 @@ class StageRewrite {
   void rewrite(Node* n) {
     if (n->kind() == c10::prim::Constant) return;
     if (n->outputs().size() == 1) localize_parameter_view(n->output());
-    if (const LinearDecision* d = decision(n); d && d->mode == Mode::Row) return rewrite_row(n);
-    if (const LinearDecision* d = decision(n); d && d->mode == Mode::Vocab) return rewrite_embedding(n);
+    const LinearDecision* d = decision(n);
+    if (d && d->mode == Mode::Row) return rewrite_row(n);
+    if (d && d->mode == Mode::Vocab) return rewrite_embedding(n);
     if (n->kind() == c10::aten::cross_entropy_loss && placement(n->input(0)).is_split())
       return rewrite_cross_entropy(n);
     bool split_out = false;
@@ -332,43 +324,52 @@ class StageRewrite {
   // Size arguments that carry a split dimension take this rank's sizes.
   void rewrite_sizes(Node* n) {
     const std::string kind = n->kind().toQualString();
-    if (kind == "aten::view" || kind == "aten::reshape" || kind == "aten::_unsafe_view" || kind == "aten::expand") {
-      if (auto sizes = local_sizes(n->output()); sizes && sizes != whole_sizes(n->output()))
-        n->replaceInput(1, constant(*sizes, n));
-    } else if (kind == "aten::unflatten") {
-      const auto sizes = local_sizes(n->output());
-      const auto dim = torch::jit::constant_as<int64_t>(n->input(1));
-      const auto parts = torch::jit::constant_as<std::vector<int64_t>>(n->input(2));
-      const auto in = whole_sizes(n->input(0));
-      if (sizes && dim && in) {
-        const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
-        const size_t count = sizes->size() - in->size() + 1;
-        n->replaceInput(2, constant(std::vector<int64_t>(sizes->begin() + d, sizes->begin() + d + count), n));
-      }
-      TORCH_CHECK(sizes && dim, "tensor parallelism: aten::unflatten of ", describe(n->input(0)),
-                  " needs constant dimension and traced shapes");
-      (void)parts;
-    } else if (kind == "aten::split" || kind == "aten::split_with_sizes") {
-      const Placement p = placement(n->input(0));
-      const auto dim = torch::jit::constant_as<int64_t>(n->input(2));
-      const auto in = whole_sizes(n->input(0));
-      TORCH_CHECK(dim && in, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs a constant dimension");
-      const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
-      if (p.dim != d) return;
-      if (auto size = torch::jit::constant_as<int64_t>(n->input(1))) {
-        TORCH_CHECK(*size % c_.tp == 0, "tensor parallelism: ", kind, " into parts of ", *size,
-                    ", which do not divide by tp = ", c_.tp);
-        n->replaceInput(1, constant(*size / c_.tp, n));
-      } else if (auto sizes = torch::jit::constant_as<std::vector<int64_t>>(n->input(1))) {
-        for (auto& s : *sizes) {
-          TORCH_CHECK(s % c_.tp == 0, "tensor parallelism: ", kind, " into a part of ", s,
-                      ", which does not divide by tp = ", c_.tp);
-          s /= c_.tp;
-        }
-        n->replaceInput(1, constant(*sizes, n));
-      } else {
-        TORCH_CHECK(false, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs constant sizes");
-      }
+    if (kind == "aten::view" || kind == "aten::reshape" || kind == "aten::_unsafe_view" || kind == "aten::expand")
+      localize_target_shape(n);
+    else if (kind == "aten::unflatten")
+      localize_unflatten(n);
+    else if (kind == "aten::split" || kind == "aten::split_with_sizes")
+      localize_split(n, kind);
+  }
+
+  // view/reshape/expand(x, sizes): the output's local shape.
+  void localize_target_shape(Node* n) {
+    if (auto sizes = local_sizes(n->output()); sizes && sizes != whole_sizes(n->output()))
+      n->replaceInput(1, constant(*sizes, n));
+  }
+
+  // unflatten(x, dim, sizes): the output's local sizes of the dimensions it makes.
+  void localize_unflatten(Node* n) {
+    const auto sizes = local_sizes(n->output());
+    const auto dim = torch::jit::constant_as<int64_t>(n->input(1));
+    const auto in = whole_sizes(n->input(0));
+    TORCH_CHECK(sizes && dim && in, "tensor parallelism: aten::unflatten of ", describe(n->input(0)),
+                " needs constant dimension and traced shapes");
+    const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
+    const size_t count = sizes->size() - in->size() + 1;
+    n->replaceInput(2, constant(std::vector<int64_t>(sizes->begin() + d, sizes->begin() + d + count), n));
+  }
+
+  // split/split_with_sizes(x, sizes, dim) along the split dimension: each part's size / t.
+  void localize_split(Node* n, const std::string& kind) {
+    const Placement p = placement(n->input(0));
+    const auto dim = torch::jit::constant_as<int64_t>(n->input(2));
+    const auto in = whole_sizes(n->input(0));
+    TORCH_CHECK(dim && in, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs a constant dimension");
+    const int64_t d = *dim < 0 ? *dim + static_cast<int64_t>(in->size()) : *dim;
+    if (p.dim != d) return;
+    auto local_part = [&](int64_t size) {
+      TORCH_CHECK(size % c_.tp == 0, "tensor parallelism: ", kind, " into a part of ", size,
+                  ", which does not divide by tp = ", c_.tp);
+      return size / c_.tp;
+    };
+    if (auto size = torch::jit::constant_as<int64_t>(n->input(1))) {
+      n->replaceInput(1, constant(local_part(*size), n));
+    } else if (auto sizes = torch::jit::constant_as<std::vector<int64_t>>(n->input(1))) {
+      for (auto& s : *sizes) s = local_part(s);
+      n->replaceInput(1, constant(*sizes, n));
+    } else {
+      TORCH_CHECK(false, "tensor parallelism: ", kind, " of ", describe(n->input(0)), " needs constant sizes");
     }
   }
 
@@ -395,9 +396,8 @@ namespace {
 
 int64_t tensor_bytes(const Value* v) {
   const auto t = v->type()->cast<c10::TensorType>();
-  if (!t || !t->scalarType()) return 0;
-  const auto sizes = t->sizes().concrete_sizes();
-  if (!sizes) return 0;
+  const auto sizes = traced_shape(v);
+  if (!sizes || !t->scalarType()) return 0;
   int64_t n = 1;
   for (int64_t s : *sizes) n *= s;
   return n * static_cast<int64_t>(c10::elementSize(*t->scalarType()));
