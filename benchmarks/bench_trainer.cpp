@@ -13,7 +13,8 @@
 //       model chunks; --per-rank makes every rank print its line with its time
 //       waiting on peers (benchmarks/bench_interleaved.sh). With --tp T, the
 //       ranks are tensor-parallel and the line has the time spent in their
-//       all-reduces (benchmarks/bench_tensor_parallel.sh).
+//       all-reduces (benchmarks/bench_tensor_parallel.sh); --sub-microbatches N
+//       runs each microbatch as N parts taking turns (sub-pipelining).
 //
 // Each run prints one JSON line (prefixed "json: ") for the script to collect.
 #include "bench_timing.h"
@@ -36,6 +37,7 @@ struct Args {
   std::string schedule = "1f1b";
   int virtual_stages = 1;
   int pp = 1, dp = 1, tp = 1, microbatches = 16, steps = 12, warmup = 3, threads = 1;
+  int sub_microbatches = 1;
   int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
   RecomputeSettings recompute;
   bool per_rank = false;  // every rank prints its line (set by --recompute)
@@ -57,6 +59,7 @@ TrainConfig config_of(const Args& a) {
   c.parallel.dp = a.dp;
   c.parallel.pp = a.pp;
   c.parallel.tp = a.tp;
+  c.tensor_parallel.sub_microbatches = a.sub_microbatches;
   c.global_batch = a.global_batch;
   c.microbatches = a.microbatches;
   c.schedule = a.schedule;
@@ -79,6 +82,7 @@ int main(int argc, char** argv) try {
   app.add_option("--mode", a.mode)->check(CLI::IsMember({"pipeline", "plain-vs-trainer"}));
   app.add_option("--pp", a.pp);
   app.add_option("--tp", a.tp);
+  app.add_option("--sub-microbatches", a.sub_microbatches);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   bool per_rank = false;
@@ -126,7 +130,7 @@ int main(int argc, char** argv) try {
                  1e3 * sum.backward_s, 1e3 * sum.communicate_s, 1e3 * sum.reduce_s, 1e3 * sum.optimizer_s);
     const double step_s = bench::median(times);
     out.update({{"schedule", a.schedule}, {"virtual_stages", a.virtual_stages}, {"pp", a.pp}, {"dp", a.dp},
-                {"tp", a.tp}, {"tensor_parallel_s", sum.tensor_parallel_s},
+                {"tp", a.tp}, {"sub_microbatches", a.sub_microbatches}, {"tensor_parallel_s", sum.tensor_parallel_s},
                 {"ranks", trainer.world_size()}, {"step_s", step_s}, {"samples_per_s", a.global_batch / step_s},
                 {"communicate_s", sum.communicate_s}});
     if (a.per_rank) {

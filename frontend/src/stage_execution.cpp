@@ -1,5 +1,7 @@
 #include "trine/frontend/stage_execution.h"
 
+#include "trine/frontend/turns.h"
+
 #include <chrono>
 
 namespace trine {
@@ -13,16 +15,48 @@ StageExecution::StageExecution(const StageProgram& program, const TracedModel& m
     const torch::Tensor placed = device_ ? original.detach().to(*device_) : original.detach();
     held_[p] = placed.clone().requires_grad_(original.requires_grad());
   }
-  for (size_t o = 0; o < program.outputs.size(); ++o)
-    if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
   for (const ProxyOp& op : proxy.ops) layer_of_op_.push_back(op.layer);
   attention_cores_ = attention_cores(proxy);
+  read_outputs();
+}
+
+StageExecution::StageExecution(const StageProgram& part, const StageExecution& whole)
+    : program_(&part), held_(whole.held_), device_(whole.device_), layer_of_op_(whole.layer_of_op_),
+      attention_cores_(whole.attention_cores_) {
+  read_outputs();
+}
+
+void StageExecution::read_outputs() {
+  const StageProgram& program = *program_;
+  for (size_t o = 0; o < program.outputs.size(); ++o)
+    if (program.outputs[o].model_output == 0) loss_output_ = static_cast<int>(o);
   // The trace ran with autograd on: its value types record which outputs require grad.
   for (const torch::jit::Value* out : program.graph->outputs()) {
     const auto type = out->type()->cast<c10::TensorType>();
     const bool floating = type && type->scalarType() && c10::isFloatingType(*type->scalarType());
     output_requires_grad_.push_back(floating && type->requiresGrad().value_or(true));
   }
+}
+
+void StageExecution::split_microbatches(const std::vector<const StageProgram*>& parts) {
+  const StageProgram& me = *program_;
+  const int n = static_cast<int>(parts.size());
+  TORCH_INTERNAL_ASSERT(n >= 2, "split_microbatches into ", n, " parts");
+  const CrossingBatchDimensions dims = crossing_batch_dimensions(me, *parts[0], n);
+  input_batch_dim_ = dims.inputs;
+  output_batch_dim_ = dims.outputs;
+  parts_.clear();
+  for (const StageProgram* p : parts) {
+    parts_.push_back(std::unique_ptr<StageExecution>(new StageExecution(*p, *this)));
+    if (!checkpointed_layers_.empty() || checkpoint_cores_)
+      parts_.back()->checkpoint_layers(checkpointed_layers_, checkpoint_cores_);
+  }
+}
+
+double StageExecution::recompute_seconds() const {
+  double s = *checkpoints_.recompute_ns * 1e-9;
+  for (const auto& p : parts_) s += p->recompute_seconds();
+  return s;
 }
 
 torch::Tensor StageExecution::batch_tensor(const SampleBatch& batch, const StageInput& input,
@@ -47,6 +81,7 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   const StageProgram& me = *program_;
   TORCH_INTERNAL_ASSERT(received.size() == me.inputs.size(), "stage ", me.stage, " got ", received.size(),
                         " received inputs for ", me.inputs.size(), " graph inputs");
+  if (!parts_.empty()) return forward_parts(std::move(received), batch, slice, rng, keep_graph);
   std::vector<c10::IValue> in;
   in.reserve(me.inputs.size());
   for (size_t i = 0; i < me.inputs.size(); ++i) {
@@ -91,6 +126,63 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   out.recompute_pending = true;
   out.rng = rng;
   return out;
+}
+
+StageActivations StageExecution::forward_parts(std::vector<torch::Tensor> received, const SampleBatch& batch,
+                                               MicrobatchSlice slice, const RngPolicy& rng, bool keep_graph) const {
+  const int n = sub_microbatches();
+  StageActivations out;
+  out.parts.resize(static_cast<size_t>(n));
+  run_taking_turns(n, [&](int h) {
+    std::vector<torch::Tensor> mine(received.size());
+    for (size_t i = 0; i < received.size(); ++i) {
+      const int d = input_batch_dim_[i];
+      if (d < 0) continue;
+      TORCH_INTERNAL_ASSERT(received[i].defined(), "stage ", program_->stage, " forwards microbatch ", rng.microbatch,
+                            " without its input ", i);
+      const int64_t rows = received[i].size(d) / n;
+      mine[i] = received[i].detach().narrow(d, h * rows, rows).requires_grad_(received[i].requires_grad());
+    }
+    out.parts[static_cast<size_t>(h)] =
+        parts_[static_cast<size_t>(h)]->forward(std::move(mine), batch, {slice.index * n + h, slice.count * n}, rng,
+                                                keep_graph);
+  });
+  out.inputs = std::move(received);
+  for (size_t o = 0; o < output_batch_dim_.size(); ++o) {
+    std::vector<torch::Tensor> pieces;
+    for (const StageActivations& part : out.parts) pieces.push_back(part.outputs[o].detach());
+    // The loss of a microbatch is its parts' mean, as a step's is its microbatches'.
+    torch::Tensor joined = output_batch_dim_[o] < 0 ? torch::stack(pieces).sum(0) / n
+                                                    : torch::cat(pieces, output_batch_dim_[o]);
+    out.outputs.push_back(output_requires_grad_[o] ? joined.requires_grad_(true) : joined);
+  }
+  return out;
+}
+
+std::map<int, torch::Tensor> StageExecution::backward_parts(StageActivations&& activations,
+                                                            const std::map<int, torch::Tensor>& output_grads,
+                                                            double loss_seed) const {
+  StageActivations a = std::move(activations);
+  const int n = sub_microbatches();
+  std::vector<std::map<int, torch::Tensor>> grads(static_cast<size_t>(n));
+  run_taking_turns(n, [&](int h) {
+    std::map<int, torch::Tensor> mine;
+    for (const auto& [o, g] : output_grads) {
+      const int d = output_batch_dim_.at(static_cast<size_t>(o));
+      TORCH_INTERNAL_ASSERT(d >= 0, "a gradient for the loss output of stage ", program_->stage);
+      const int64_t rows = g.size(d) / n;
+      mine[o] = g.narrow(d, h * rows, rows);
+    }
+    grads[static_cast<size_t>(h)] =
+        parts_[static_cast<size_t>(h)]->backward(std::move(a.parts[static_cast<size_t>(h)]), mine, loss_seed / n);
+  });
+  std::map<int, torch::Tensor> input_grads;
+  for (const auto& [i, first] : grads[0]) {
+    std::vector<torch::Tensor> pieces;
+    for (const auto& g : grads) pieces.push_back(g.at(i));
+    input_grads[i] = torch::cat(pieces, input_batch_dim_.at(static_cast<size_t>(i)));
+  }
+  return input_grads;
 }
 
 void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segments, bool attention_cores) {
@@ -145,9 +237,15 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
   checkpoints_ = runner.plan_checkpoints(segment_of_node, copied);
   checkpoints_.recompute_ns = recompute_ns;
   checkpointed_layers_ = segments;
+  checkpoint_cores_ = attention_cores;
+  for (auto& part : parts_) part->checkpoint_layers(segments, attention_cores);
 }
 
 void StageExecution::recompute(StageActivations& activations) const {
+  if (!parts_.empty()) {
+    run_taking_turns(sub_microbatches(), [&](int h) { parts_[static_cast<size_t>(h)]->recompute(activations.parts[static_cast<size_t>(h)]); });
+    return;
+  }
   for (auto& segment : activations.segments) segment->recompute();
   if (!activations.recompute_pending) return;
   const auto t0 = std::chrono::steady_clock::now();
@@ -162,6 +260,7 @@ void StageExecution::recompute(StageActivations& activations) const {
 std::map<int, torch::Tensor> StageExecution::backward(StageActivations&& activations,
                                                       const std::map<int, torch::Tensor>& output_grads,
                                                       double loss_seed) const {
+  if (!parts_.empty()) return backward_parts(std::move(activations), output_grads, loss_seed);
   const StageProgram& me = *program_;
   StageActivations a = std::move(activations);
   recompute(a);

@@ -179,4 +179,53 @@ std::vector<StageProgram> split_into_stages(const TracedModel& model, const Prox
   return stages;
 }
 
+int batch_dimension(const jit::Value* whole, const jit::Value* part, int parts, const std::string& what) {
+  const auto w = whole->type()->cast<c10::TensorType>(), p = part->type()->cast<c10::TensorType>();
+  const auto ws = w ? w->sizes().concrete_sizes() : std::nullopt, ps = p ? p->sizes().concrete_sizes() : std::nullopt;
+  TORCH_CHECK(ws && ps && ws->size() == ps->size(), "sub-microbatches: ", what, " has no traced shape to split");
+  int dim = -1;
+  for (size_t d = 0; d < ws->size(); ++d) {
+    if ((*ws)[d] == (*ps)[d]) continue;
+    TORCH_CHECK(dim < 0 && (*ws)[d] == (*ps)[d] * parts, "sub-microbatches: ", what, " has shape ",
+                c10::IntArrayRef(*ws), " for a microbatch and ", c10::IntArrayRef(*ps), " for 1/", parts,
+                " of its rows: not one dimension that shrinks ", parts, " times (the batch), so its parts cannot be ",
+                "told apart; set tensor_parallel.sub_microbatches to 1");
+    dim = static_cast<int>(d);
+  }
+  return dim;
+}
+
+namespace {
+
+int crossing_batch_dimension(const jit::Value* whole, const jit::Value* part, int parts, const std::string& what) {
+  const int dim = batch_dimension(whole, part, parts, what);
+  TORCH_CHECK(dim >= 0, "sub-microbatches: ", what, " has one shape whatever the rows: it does not carry the batch, "
+              "and sub-pipelining splits every value that crosses stages along the batch; set "
+              "tensor_parallel.sub_microbatches to 1 (or cut the stages elsewhere)");
+  return dim;
+}
+
+}  // namespace
+
+CrossingBatchDimensions crossing_batch_dimensions(const StageProgram& whole, const StageProgram& part, int parts) {
+  TORCH_INTERNAL_ASSERT(part.stage == whole.stage && part.inputs.size() == whole.inputs.size() &&
+                            part.outputs.size() == whole.outputs.size() && part.params == whole.params,
+                        "a part of stage ", whole.stage, " that is not the same stage");
+  CrossingBatchDimensions dims;
+  dims.inputs.assign(whole.inputs.size(), -1);
+  dims.outputs.assign(whole.outputs.size(), -1);
+  const std::string stage = "stage " + std::to_string(whole.stage);
+  for (size_t i = 0; i < whole.inputs.size(); ++i)
+    if (whole.inputs[i].kind == StageInput::Kind::Activation)
+      dims.inputs[i] = crossing_batch_dimension(whole.graph->inputs()[i], part.graph->inputs()[i], parts,
+                                                "the activation " + stage + " receives from stage " +
+                                                    std::to_string(whole.inputs[i].from_stage) + " (input " +
+                                                    std::to_string(i) + ")");
+  for (size_t o = 0; o < whole.outputs.size(); ++o)
+    if (whole.outputs[o].model_output != 0)
+      dims.outputs[o] = crossing_batch_dimension(whole.graph->outputs()[o], part.graph->outputs()[o], parts,
+                                                 "output " + std::to_string(o) + " of " + stage);
+  return dims;
+}
+
 }  // namespace trine

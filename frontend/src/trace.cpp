@@ -433,6 +433,10 @@ std::optional<int64_t> rows_that_run(torch::jit::Module& module, const SampleBat
 
 TracedModel trace(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample,
                   const TraceOptions& options) {
+  // A copy sharing the tensors but not the methods' executors: the trace
+  // records the module's first run (its profiling run) whatever ran before,
+  // so tracing twice (at other sizes: sub-microbatches) records the same ops.
+  module = module.clone(true);
   const std::string what = "TorchScript module " + module.type()->name()->qualifiedName();
   NamedTensors params, buffers;
   for (const auto& p : module.named_parameters(true)) params.emplace_back(p.name, p.value);

@@ -40,12 +40,12 @@ GradientBuckets::~GradientBuckets() {
   for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
 }
 
-void GradientBuckets::arm() {
+void GradientBuckets::arm(int accumulations) {
   armed_ = true;
   next_ = 0;
   started_early_ = 0;
   for (auto& b : buckets_) {
-    b.pending = static_cast<int>(b.params.size());
+    b.pending = static_cast<int>(b.params.size()) * accumulations;
     b.work.reset();
     b.flat = torch::Tensor();
   }

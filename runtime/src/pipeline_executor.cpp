@@ -63,6 +63,7 @@ struct PipelineExecutor::Microbatch {
 struct PipelineExecutor::Chunk {
   int stage = 0;
   std::unique_ptr<StageExecution> execution;
+  std::vector<StageProgram> parts;  // sub-microbatch programs the execution runs
   PeerPositions recv_from, send_to;  // activations in (gradients out), activations out (gradients in)
   // Per stage input: the traced shape and dtype of a received activation, if known.
   std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes;
@@ -95,7 +96,7 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
                                    int rank, int ranks, std::vector<Instruction> program, ExecutorGroups groups,
                                    ExecutorOptions options)
     : stages_(std::move(stages)), rank_(rank), ranks_(ranks), program_(std::move(program)), groups_(groups),
-      options_(options) {
+      options_(std::move(options)) {
   const int num_stages = static_cast<int>(stages_.size());
   TORCH_INTERNAL_ASSERT(ranks >= 1 && rank >= 0 && rank < ranks && num_stages % ranks == 0, "pipeline rank ", rank,
                         " of ", ranks, " for ", num_stages, " stages");
@@ -114,6 +115,12 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
     if (!options_.checkpointing.empty())
       chunk->execution->checkpoint_layers(options_.checkpointing[c].layer_segments,
                                           options_.checkpointing[c].attention_cores);
+    if (!options_.sub_microbatch_stages.empty()) {
+      chunk->parts = std::move(options_.sub_microbatch_stages.at(c));
+      std::vector<const StageProgram*> parts;
+      for (const StageProgram& part : chunk->parts) parts.push_back(&part);
+      chunk->execution->split_microbatches(parts);
+    }
     chunk->buffers = std::make_unique<BufferSync>(me, proxy, chunk->execution->parameters(), groups_.dp,
                                                   microbatches_);
     // Who sends what to whom, each list in value-id order on both sides.
@@ -212,7 +219,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         account = &timings_.recompute_s;
         break;
       case Instruction::Op::Backward: {
-        if (static_cast<int>(i) == last_backward_) buckets_->arm();
+        if (static_cast<int>(i) == last_backward_) buckets_->arm(chunk(ins.chunk).execution->sub_microbatches());
         const double recomputed_before = recompute_seconds();
         backward(ins);
         const double inline_recompute = recompute_seconds() - recomputed_before;

@@ -100,8 +100,14 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
 
 void TrainConfig::check() const {
   TORCH_CHECK(parallel.tp >= 1, "config.parallel.tp must be at least 1, got ", parallel.tp);
-  TORCH_CHECK(tensor_parallel.sub_microbatches == 1, "config.tensor_parallel.sub_microbatches is ",
-              tensor_parallel.sub_microbatches, ", but sub-pipelined tensor parallelism is not implemented yet: use 1");
+  const int parts = tensor_parallel.sub_microbatches;
+  TORCH_CHECK(parts >= 1, "config.tensor_parallel.sub_microbatches must be at least 1, got ", parts);
+  TORCH_CHECK(parts == 1 || parallel.tp > 1, "config.tensor_parallel.sub_microbatches is ", parts, ", but "
+              "config.parallel.tp is 1: sub-microbatches hide tensor-parallel all-reduces, and there are none; set "
+              "tp > 1 or sub_microbatches to 1");
+  TORCH_CHECK(parts == 1 || device == "cpu", "config.tensor_parallel.sub_microbatches is ", parts, " on \"", device,
+              "\": sub-pipelining runs on CPU (Gloo) only so far (on CUDA it needs a stream per part, not built); "
+              "set sub_microbatches to 1");
   TORCH_CHECK(tensor_parallel.dropout == "exact" || tensor_parallel.dropout == "per_shard",
               "config.tensor_parallel.dropout '", tensor_parallel.dropout, "' is unknown; use \"exact\" (the "
               "single-process masks) or \"per_shard\" (each rank draws its own; not equal to one process)");

@@ -3,6 +3,7 @@
 #include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/stage_split.h"
+#include "trine/frontend/turns.h"
 #include "trine/partitioner/cost_model.h"
 #include "trine/partitioner/profiler.h"
 #include "trine/partitioner/stage_plan.h"
@@ -18,10 +19,12 @@
 #include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/sharding_analysis.h"
 #include "trine/tensor_parallel/stage_sharding.h"
+#include "trine/tensor_parallel/sub_microbatches.h"
 #include "trine/tensor_parallel/tensor_parallel_group.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -122,7 +125,14 @@ struct Trainer::Impl {
   std::unique_ptr<RegisteredGroup> tp_group;
   TracedModel rank_model;
   std::vector<ShardedStageBytes> tp_stage_bytes;  // per stage: what one tp rank holds of it
-  double tp_seconds = 0;   // spent in tp all-reduces since the step began
+  std::atomic<int64_t> tp_ns{0};  // spent in tp all-reduces since the step began
+  // Sub-microbatches (tensor_parallel.sub_microbatches > 1): the model traced
+  // at a part's rows, its proxy and layout, and this rank's part programs
+  // (per model chunk, one per part) for the executor.
+  TracedModel part_traced;
+  ProxyGraph part_proxy;
+  ShardingAnalysis part_analysis;
+  std::vector<std::vector<StageProgram>> part_stages;
   StepTimings timings;     // the executor's for the last step, with tensor_parallel_s
   std::unique_ptr<PipelineExecutor> executor;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
@@ -149,6 +159,12 @@ struct Trainer::Impl {
   // The tensor-parallel layout, found on the traced model alike on every rank
   // (so that its errors are raised on every rank before any group forms).
   void plan_tensor_parallel();
+  // The model traced again at 1/sub_microbatches of the rows, checked
+  // against the whole trace (before the plan, so its errors reach every rank).
+  void trace_parts(const Tracer& tracer, const SampleBatch& first, c10::Device device);
+  // Every stage cut from that trace and rewritten for each part (checked on
+  // every rank); keeps this rank's chunks' parts for the executor.
+  void cut_parts(const std::vector<StageProgram>& stages);
   // This rank's stages rewritten for its tp rank, and its parameter slices.
   void shard_stages(std::vector<StageProgram>& stages);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
@@ -230,6 +246,10 @@ void Trainer::Impl::split_batch(const SampleBatch& sample) {
   split.microbatch_rows = split.global_rows / parts;
   TORCH_CHECK(sample_rows >= split.microbatch_rows, "the sample batch has ", sample_rows,
               " rows, fewer than one microbatch (", split.microbatch_rows, ")");
+  const int parts_per_microbatch = config.tensor_parallel.sub_microbatches;
+  TORCH_CHECK(split.microbatch_rows % parts_per_microbatch == 0, "a microbatch of ", split.microbatch_rows,
+              " rows does not split into config.tensor_parallel.sub_microbatches (", parts_per_microbatch,
+              ") equal parts: make the microbatch rows (global_batch / (dp x microbatches)) a multiple of it");
 }
 
 // Every rank traces the same model on the same microbatch: identical graphs
@@ -242,6 +262,7 @@ std::string Trainer::Impl::trace_model(const Tracer& tracer, const SampleBatch& 
     TORCH_CHECK(traced.has_loss, "the trainer needs a loss function");
     proxy = build_proxy_graph(traced);
     plan_tensor_parallel();
+    trace_parts(tracer, first, device);
   } catch (const c10::Error& e) {
     return e.what_without_backtrace();
   } catch (const std::exception& e) {
@@ -361,18 +382,59 @@ void Trainer::Impl::plan_tensor_parallel() {
   rank_model = with_parameter_shards(traced, tp_shards, tp_rank, t);
 }
 
+void Trainer::Impl::trace_parts(const Tracer& tracer, const SampleBatch& first, c10::Device device) {
+  const int n = config.tensor_parallel.sub_microbatches;
+  if (n == 1) return;
+  part_traced = tracer(rows_of(first, 0, split.microbatch_rows / n), device);
+  check_sub_microbatch_model(traced, part_traced, n);
+  part_proxy = build_proxy_graph(part_traced);
+  const auto& c = config.tensor_parallel;
+  part_analysis = analyze_sharding(part_traced, config.parallel.tp, {c.column, c.row, c.replicate});
+  TORCH_CHECK(part_analysis.linears.size() == tp_analysis.linears.size(), "sub-microbatches: the tensor-parallel "
+              "layout differs at 1/", n, " of the rows; set tensor_parallel.sub_microbatches to 1");
+  for (size_t i = 0; i < tp_analysis.linears.size(); ++i) {
+    const LinearDecision &whole = tp_analysis.linears[i], &part = part_analysis.linears[i];
+    TORCH_CHECK(whole.weight == part.weight && whole.mode == part.mode && whole.blocks == part.blocks,
+                "sub-microbatches: ", whole.weight, " is ", to_string(whole.mode), " at a microbatch's rows but ",
+                to_string(part.mode), " at 1/", n, " of them (", part.why, "); force it with "
+                "tensor_parallel.column/row/replicate, or set tensor_parallel.sub_microbatches to 1");
+  }
+}
+
+void Trainer::Impl::cut_parts(const std::vector<StageProgram>& stages) {
+  const int n = config.tensor_parallel.sub_microbatches;
+  if (n == 1) return;
+  const int p = config.parallel.pp, v = plan->pipeline.virtual_stages;
+  part_stages.assign(static_cast<size_t>(v), {});
+  for (int h = 0; h < n; ++h) {
+    auto cut = split_into_stages(part_traced, part_proxy, plan->stage_of_layer(part_proxy));
+    for (StageProgram& part : cut) {
+      const StageProgram& whole = stages.at(static_cast<size_t>(part.stage));
+      shard_stage(part, {&part_traced, &part_analysis, &tp_shards, tp_rank, config.parallel.tp, tp_group->id(),
+                         config.tensor_parallel.dropout == "exact"});
+      make_sub_microbatch_stage(part, whole, h, n);
+      crossing_batch_dimensions(whole, part, n);  // checked for every stage, on every rank
+    }
+    for (int c = 0; c < v; ++c) part_stages[static_cast<size_t>(c)].push_back(std::move(cut.at(stage_of_chunk(c, stage, p))));
+  }
+}
+
 void Trainer::Impl::shard_stages(std::vector<StageProgram>& stages) {
   const int t = config.parallel.tp;
   if (t == 1) return;
   Communicator* group = tp.get();
-  double* seconds = &tp_seconds;
-  auto timed = [seconds](auto&& f) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{
-      tp_rank, t, [group, timed](torch::Tensor& x) { timed([&] { group->allreduce_sum(x); }); }});
+  std::atomic<int64_t>* ns = &tp_ns;
+  // With sub-microbatches the next part computes while this one's all-reduce
+  // travels (frontend/turns.h); the time counted is the wait that compute
+  // did not hide (all of it without parts).
+  tp_group = std::make_unique<RegisteredGroup>(TensorParallelGroup{tp_rank, t, [group, ns](torch::Tensor& x) {
+    auto work = group->allreduce_sum_async(x);
+    pass_turn_then_wait([&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      group->wait(work, "a tensor-parallel all-reduce");
+      *ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }});
   for (StageProgram& stage : stages) {
     shard_stage(stage, {&traced, &tp_analysis, &tp_shards, tp_rank, t, tp_group->id(),
                         config.tensor_parallel.dropout == "exact"});
@@ -414,6 +476,7 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
   if (tp_rank != 0)
     for (size_t i = 0; i < proxy.params.size(); ++i)
       if (!tp_shards.count(proxy.params[i].name)) eo.not_counted_in_norm.insert(static_cast<int>(i));
+  eo.sub_microbatch_stages = std::move(part_stages);
   executor = std::make_unique<PipelineExecutor>(rank_model, proxy, std::move(stages), stage, p, std::move(program),
                                                 groups, eo);
   TORCH_INTERNAL_ASSERT(executor->microbatches() == split.microbatches, "the schedule program runs ",
@@ -454,6 +517,7 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   auto stages = split_into_stages(m.traced, m.proxy, m.plan->stage_of_layer(m.proxy));
   const ExecutorGroups groups = m.make_groups(stages, prefix, device, timeout);
   m.shard_stages(stages);
+  m.cut_parts(stages);
   prove_schedule(config, *m.plan, stages, device);
   m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
@@ -524,10 +588,10 @@ double Trainer::step(const SampleBatch& global_batch) {
   const SampleBatch mine = rows_of(global_batch, m.replica * per_replica, per_replica);
   const int64_t mbs = m.split.microbatches;
   const int64_t first = (m.step * m.config.parallel.dp + m.replica) * mbs;
-  m.tp_seconds = 0;
+  m.tp_ns = 0;
   m.executor->run_step(mine, first, [&] { m.optimizer_step(); });
   m.timings = m.executor->timings();
-  m.timings.tensor_parallel_s = m.tp_seconds;
+  m.timings.tensor_parallel_s = static_cast<double>(m.tp_ns.load()) * 1e-9;
   ++m.step;
   return m.last_loss;
 }

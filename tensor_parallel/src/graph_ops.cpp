@@ -102,11 +102,16 @@ at::Tensor ones_laid_out_like(const at::Tensor& x, at::IntArrayRef whole) {
 }
 
 at::Tensor dropout_op(const at::Tensor& x, double p, bool train, at::IntArrayRef whole, int64_t dim, int64_t blocks,
-                      int64_t rank, int64_t tp) {
+                      int64_t rank, int64_t tp, int64_t batch_dim, int64_t part, int64_t parts) {
   if (!train || p == 0) return at::dropout(x, p, train);
   const at::Tensor noise = at::dropout(ones_laid_out_like(x, whole), p, true);
-  return x * shard_of(noise, {static_cast<int>(dim), static_cast<int>(blocks)}, static_cast<int>(rank),
-                      static_cast<int>(tp));
+  at::Tensor mine = shard_of(noise, {static_cast<int>(dim), static_cast<int>(blocks)}, static_cast<int>(rank),
+                             static_cast<int>(tp));
+  if (parts > 1) {
+    const int64_t rows = mine.size(batch_dim) / parts;
+    mine = mine.narrow(batch_dim, part * rows, rows);
+  }
+  return x * mine;
 }
 
 at::Tensor shard_dropout_op(const at::Tensor& x, double p, bool train, int64_t rank) {
@@ -147,7 +152,8 @@ TORCH_LIBRARY(trine_tp, m) {
         &trine::vocab_embedding_op);
   m.def("vocab_cross_entropy(Tensor logits, Tensor target, int reduction, int ignore_index, int first_class, "
         "int group) -> Tensor", &trine::vocab_cross_entropy_op);
-  m.def("dropout(Tensor x, float p, bool train, int[] whole, int dim, int blocks, int rank, int tp) -> Tensor",
+  m.def("dropout(Tensor x, float p, bool train, int[] whole, int dim, int blocks, int rank, int tp, int batch_dim, "
+        "int part, int parts) -> Tensor",
         &trine::dropout_op, {at::Tag::nondeterministic_seeded});
   m.def("shard_dropout(Tensor x, float p, bool train, int rank) -> Tensor", &trine::shard_dropout_op,
         {at::Tag::nondeterministic_seeded});

@@ -7,10 +7,13 @@
 //       this rank's piece of a whole value (parameter_shards.h's shard_of),
 //       for a whole operand of an op whose other operands are split
 //   trine_tp::dropout(Tensor x, float p, bool train, int[] whole, int dim,
-//                     int blocks, int rank, int tp)
+//                     int blocks, int rank, int tp, int batch_dim, int part,
+//                     int parts)
 //       dropout of this rank's piece of a split value with the single-process
 //       mask: the mask of the whole value is drawn (the same numbers a whole
-//       aten::dropout draws) and this rank's piece of it applied. Tagged
+//       aten::dropout draws) and this rank's piece of it applied; with
+//       parts > 1, x is sub-microbatch `part` of `parts` (sub_microbatches.h)
+//       and takes that block of the piece along batch_dim. Tagged
 //       nondeterministic_seeded, so the graph runner seeds it like dropout.
 //   trine_tp::shard_dropout(Tensor x, float p, bool train, int rank)
 //       dropout of this rank's piece drawn by the rank itself: the generator,

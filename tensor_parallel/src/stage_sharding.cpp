@@ -2,6 +2,7 @@
 
 #include "graph_ops.h"
 #include "parameter_behind.h"
+#include "random_ops.h"
 #include "traced_shape.h"
 
 #include "trine/frontend/graph_runner.h"
@@ -160,15 +161,8 @@ class StageRewrite {
       if (auto sizes = local_sizes(o)) set_sizes(o, *sizes);
   }
 
-  // Scaled-dot-product attention draws numbers only for its dropout.
-  static bool draws_nothing(const Node* n) {
-    if (n->kind() != c10::aten::scaled_dot_product_attention || n->inputs().size() < 5) return false;
-    const auto p = torch::jit::toIValue(n->input(4));
-    return p && p->isDouble() && p->toDouble() == 0;
-  }
-
   void check_not_random_on_split(const Node* n) const {
-    if (!draws_random_numbers(n) || draws_nothing(n)) return;
+    if (!draws_random_numbers_when_run(n)) return;
     for (const Value* v : n->inputs())
       TORCH_CHECK(!placement(v).is_split(), "tensor parallelism cannot give ", n->kind().toQualString(),
                   " the random numbers one process would draw: its input ", describe(v),
@@ -316,7 +310,8 @@ class StageRewrite {
                                        id_of_[n]));
     Node* d = insert_op(tp_ops::dropout(),
                         {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{p.dim}, n),
-                         constant(int64_t{p.blocks}, n), constant(int64_t{c_.rank}, n), constant(int64_t{c_.tp}, n)},
+                         constant(int64_t{p.blocks}, n), constant(int64_t{c_.rank}, n), constant(int64_t{c_.tp}, n),
+                         constant(int64_t{0}, n), constant(int64_t{0}, n), constant(int64_t{1}, n)},
                         type, n, id_of_[n]);
     replace_with(n, d);
   }

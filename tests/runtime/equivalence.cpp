@@ -28,6 +28,7 @@ namespace {
 struct Args {
   std::string model = "gpt";  // gpt | gpt_tied | skip | skip_shared (hidden layers share weights)
   int dp = 1, pp = 1, tp = 1;
+  int sub_microbatches = 1;         // config.tensor_parallel.sub_microbatches
   std::string schedule = "1f1b";
   int virtual_stages = 1;           // config.virtual_stages (interleaved_1f1b)
   int layers = 0;                   // transformer blocks (0: the model's default)
@@ -66,6 +67,7 @@ TrainConfig config_of(const Args& a, int m) {
   c.parallel.dp = a.dp;
   c.parallel.pp = a.pp;
   c.parallel.tp = a.tp;
+  c.tensor_parallel.sub_microbatches = a.sub_microbatches;
   c.global_batch = a.global_batch;
   c.microbatches = m;
   c.schedule = a.schedule;
@@ -186,6 +188,7 @@ int main(int argc, char** argv) {
   app.add_option("--dp", a.dp);
   app.add_option("--pp", a.pp);
   app.add_option("--tp", a.tp);
+  app.add_option("--sub-microbatches", a.sub_microbatches);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   app.add_option("--layers", a.layers);

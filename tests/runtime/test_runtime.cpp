@@ -98,11 +98,17 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_NE(bad([](TrainConfig& c) { c.optimizer.name = "adam"; }).find("use \"adamw\" or \"sgd\""), std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.microbatches = 0; }).find("config.microbatches must be at least 1"),
             std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.sub_microbatches = 2; })
+                .find("config.tensor_parallel.sub_microbatches is 2, but config.parallel.tp is 1"),
+            std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) {
               c.parallel.tp = 2;
               c.tensor_parallel.sub_microbatches = 2;
-            }).find("config.tensor_parallel.sub_microbatches is 2, but sub-pipelined tensor parallelism is not "
-                    "implemented yet"),
+              c.device = "cuda";
+            }).find("sub-pipelining runs on CPU (Gloo) only so far"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.sub_microbatches = 0; })
+                .find("config.tensor_parallel.sub_microbatches must be at least 1"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.row = {"*.fc2.weight"}; })
                 .find("config.tensor_parallel.column/row/replicate are set, but config.parallel.tp is 1"),

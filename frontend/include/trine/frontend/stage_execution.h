@@ -24,6 +24,7 @@
 #include "trine/frontend/traced_model.h"
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -46,6 +47,9 @@ struct StageActivations {
   // A forward with grad whose checkpointed segments kept only their inputs:
   // one run per segment, recomputed by recompute() or by the backward.
   std::vector<c10::intrusive_ptr<SegmentRun>> segments;
+  // With sub-microbatches (split_microbatches): each part's own activations;
+  // `outputs` then holds the parts' outputs joined, without autograd history.
+  std::vector<StageActivations> parts;
 };
 
 // Which rows of a batch one forward reads: microbatch `index` of `count`
@@ -98,9 +102,25 @@ class StageExecution {
   std::map<int, torch::Tensor> backward(StageActivations&& activations, const std::map<int, torch::Tensor>& output_grads,
                                         double loss_seed) const;
 
+  // Runs every microbatch as parts.size() equal sub-microbatches (rows of
+  // the data, and blocks of each received activation along its batch
+  // dimension), part h through `parts[h]`: this stage cut from the model
+  // traced at 1/parts.size() of the rows and rewritten for part h
+  // (tensor_parallel/sub_microbatches.h). The parts share this stage's
+  // parameters and run on threads of their own taking turns (turns.h): where
+  // one waits on a collective, the next computes. Outputs are the parts'
+  // joined along the batch dimension, the loss their mean (parts combine as
+  // microbatches do). Throws, naming the value, when a received activation
+  // or an output other than the loss does not carry the batch (its shape
+  // does not shrink by the parts along exactly one dimension). `parts` must
+  // outlive this object.
+  void split_microbatches(const std::vector<const StageProgram*>& parts);
+  // Parts per microbatch: 1 unless split_microbatches.
+  int sub_microbatches() const { return parts_.empty() ? 1 : static_cast<int>(parts_.size()); }
+
   // Seconds spent recomputing so far (whole-stage reruns and checkpointed
   // segments, wherever they ran: an R, or inside a backward).
-  double recompute_seconds() const { return *checkpoints_.recompute_ns * 1e-9; }
+  double recompute_seconds() const;
 
   // The loss among a forward's outputs; undefined on stages that do not compute it.
   torch::Tensor loss(const StageActivations& activations) const;
@@ -110,6 +130,14 @@ class StageExecution {
   const std::map<int, torch::Tensor>& parameters() const { return held_; }
 
  private:
+  // A part of `whole` (split_microbatches): its program, `whole`'s parameters.
+  StageExecution(const StageProgram& part, const StageExecution& whole);
+  void read_outputs();  // loss_output_ and output_requires_grad_ from the program
+  StageActivations forward_parts(std::vector<torch::Tensor> received, const SampleBatch& batch,
+                                 MicrobatchSlice slice, const RngPolicy& rng, bool keep_graph) const;
+  std::map<int, torch::Tensor> backward_parts(StageActivations&& activations,
+                                              const std::map<int, torch::Tensor>& output_grads,
+                                              double loss_seed) const;
   torch::Tensor batch_tensor(const SampleBatch& batch, const StageInput& input, MicrobatchSlice slice) const;
 
   const StageProgram* program_;
@@ -122,6 +150,9 @@ class StageExecution {
   std::vector<std::vector<int>> checkpointed_layers_;
   CheckpointPlan checkpoints_;
   bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers
+  bool checkpoint_cores_ = false;    // checkpoint_layers(..., attention_cores)
+  std::vector<std::unique_ptr<StageExecution>> parts_;  // split_microbatches
+  std::vector<int> input_batch_dim_, output_batch_dim_;  // per stage input/output; -1: not split (the loss)
 };
 
 }  // namespace trine

@@ -58,4 +58,20 @@ int check_stage_assignment(const ProxyGraph& proxy, const std::vector<int>& stag
 std::vector<StageProgram> split_into_stages(const TracedModel& model, const ProxyGraph& proxy,
                                             const std::vector<int>& stage_of_layer);
 
+// Where the batch runs in a value of a stage: the dimension along which
+// `whole` (traced at a microbatch's rows) is `parts` times `part` (the same
+// value traced at 1/parts of them), or -1 when both have one shape (the value
+// does not depend on the rows). Throws, naming `what`, when neither holds.
+int batch_dimension(const torch::jit::Value* whole, const torch::jit::Value* part, int parts, const std::string& what);
+
+// The batch dimension of every value crossing into and out of a stage, for
+// running it in parts (StageExecution::split_microbatches): `whole` cut from
+// the model traced at a microbatch's rows, `part` from it traced at 1/parts
+// of them. Per received activation and per output; -1 for other inputs and
+// for the loss. Throws, naming the value, when one does not carry the batch.
+struct CrossingBatchDimensions {
+  std::vector<int> inputs, outputs;
+};
+CrossingBatchDimensions crossing_batch_dimensions(const StageProgram& whole, const StageProgram& part, int parts);
+
 }  // namespace trine

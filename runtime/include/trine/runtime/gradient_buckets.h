@@ -2,7 +2,7 @@
 // stage's parameters are grouped into buckets of about `bucket_bytes`, in the
 // order backward produces their gradients (last layer first). During the
 // step's final backward a hook on each parameter's gradient accumulation marks
-// it done; a bucket whose parameters are all done is flattened and its
+// it done (after its last accumulation, when that backward runs in parts); a bucket whose parameters are all done is flattened and its
 // all-reduce started at once, while backward goes on. Buckets start strictly
 // in order, so every replica issues the same collectives in the same order.
 // `finish()` starts what is left (parameters that got no gradient this step
@@ -23,8 +23,10 @@ class GradientBuckets {
   GradientBuckets(const GradientBuckets&) = delete;
   GradientBuckets& operator=(const GradientBuckets&) = delete;
 
-  // The next backward is this step's last for these parameters.
-  void arm();
+  // The next backward is this step's last for these parameters; it
+  // accumulates into each of them `accumulations` times (once per
+  // sub-microbatch: StageExecution::split_microbatches).
+  void arm(int accumulations = 1);
   void finish();
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Buckets whose all-reduce started inside backward in the last step (for tests).

@@ -71,6 +71,9 @@ struct ExecutorOptions {
   // Parameter ids whose copies here another rank counts in the global norm
   // (whole parameters on tensor-parallel ranks other than 0).
   std::set<int> not_counted_in_norm;
+  // Sub-microbatches (tensor_parallel/sub_microbatches.h): per model chunk of
+  // this rank, one program per part of a microbatch; empty: run microbatches whole.
+  std::vector<std::vector<StageProgram>> sub_microbatch_stages;
 };
 
 class PipelineExecutor {

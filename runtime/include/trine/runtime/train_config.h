@@ -26,7 +26,10 @@ struct TensorParallelConfig {
   // "per_shard" lets each rank draw its own piece (less random-number work,
   // but training no longer equals one process).
   std::string dropout = "exact";
-  int sub_microbatches = 1;  // Merak's sub-pipelining: halves of a microbatch interleaved (not yet: must be 1)
+  // Merak's sub-pipelining: each microbatch runs as this many parts taking
+  // turns, one part's all-reduces overlapping another's compute
+  // (tensor_parallel/sub_microbatches.h); needs tp > 1, CPU; 1: off.
+  int sub_microbatches = 1;
 };
 
 struct PartitionConfig {
