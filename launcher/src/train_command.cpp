@@ -125,10 +125,12 @@ int run_train(const TrainArgs& args) {
     const auto& p = job.train.parallel;
     const std::string chunks =
         job.train.virtual_stages > 1 ? " (" + std::to_string(job.train.virtual_stages) + " stages per rank)" : "";
-    std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld\n",
+    const int parts = job.train.tensor_parallel.sub_microbatches;
+    const std::string sub = parts > 1 ? ", each run as " + std::to_string(parts) + " sub-microbatches taking turns" : "";
+    std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld%s\n",
                 trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), job.train.schedule.c_str(), chunks.c_str(),
                 job.train.microbatches,
-                static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)));
+                static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)), sub.c_str());
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());
     std::cout << trainer.plan().table() << trainer.tensor_parallel_table() << std::flush;
   }

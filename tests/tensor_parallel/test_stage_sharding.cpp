@@ -134,7 +134,7 @@ TEST(StageSharding, DropoutPiecesAreTheWholeValuesMask) {
   const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("trine_tp::dropout", "");
   EXPECT_TRUE(op.hasTag(at::Tag::nondeterministic_seeded));
   const auto call = op.typed<at::Tensor(const at::Tensor&, double, bool, at::IntArrayRef, int64_t, int64_t, int64_t,
-                                         int64_t)>();
+                                         int64_t, int64_t, int64_t, int64_t)>();
   for (int blocks : {1, 3}) {
     const int tp = 2;
     torch::manual_seed(1);
@@ -144,14 +144,22 @@ TEST(StageSharding, DropoutPiecesAreTheWholeValuesMask) {
     const ParameterShard cut{2, blocks};
     for (int r = 0; r < tp; ++r) {
       torch::manual_seed(42);
-      const auto piece = call.call(shard_of(x, cut, r, tp), 0.3, true, {2, 3, 12}, 2, blocks, r, tp);
+      const auto piece = call.call(shard_of(x, cut, r, tp), 0.3, true, {2, 3, 12}, 2, blocks, r, tp, 0, 0, 1);
       EXPECT_TRUE(torch::equal(piece, shard_of(whole, cut, r, tp))) << "rank " << r << ", " << blocks << " blocks";
+      // Sub-microbatch h of 2 (its row of dim 0) takes its rows of the same piece.
+      for (int h = 0; h < 2; ++h) {
+        torch::manual_seed(42);
+        const auto part = call.call(shard_of(x, cut, r, tp).narrow(0, h, 1), 0.3, true, {2, 3, 12}, 2, blocks, r, tp,
+                                    0, h, 2);
+        EXPECT_TRUE(torch::equal(part, shard_of(whole, cut, r, tp).narrow(0, h, 1))) << "rank " << r << ", part " << h;
+      }
     }
     torch::manual_seed(42);
     const auto transposed = torch::dropout(x.transpose(0, 1), 0.3, true);  // a non-contiguous input
     const ParameterShard cut_t{2, blocks};
     torch::manual_seed(42);
-    const auto piece = call.call(shard_of(x, cut, 1, tp).transpose(0, 1), 0.3, true, {3, 2, 12}, 2, blocks, 1, tp);
+    const auto piece =
+        call.call(shard_of(x, cut, 1, tp).transpose(0, 1), 0.3, true, {3, 2, 12}, 2, blocks, 1, tp, 0, 0, 1);
     EXPECT_TRUE(torch::equal(piece, shard_of(transposed, cut_t, 1, tp)));
   }
 }
