@@ -48,9 +48,15 @@ void StageExecution::split_microbatches(const std::vector<const StageProgram*>& 
   parts_.clear();
   for (const StageProgram* p : parts) {
     parts_.push_back(std::unique_ptr<StageExecution>(new StageExecution(*p, *this)));
+    parts_.back()->set_saved_tensor_policy(saved_policy_);
     if (!checkpointed_layers_.empty() || checkpoint_cores_)
       parts_.back()->checkpoint_layers(checkpointed_layers_, checkpoint_cores_);
   }
+}
+
+void StageExecution::set_saved_tensor_policy(SavedTensorPolicy* policy) {
+  saved_policy_ = policy;
+  for (auto& part : parts_) part->set_saved_tensor_policy(policy);
 }
 
 double StageExecution::recompute_seconds() const {
@@ -82,6 +88,8 @@ StageActivations StageExecution::forward(std::vector<torch::Tensor> received, co
   TORCH_INTERNAL_ASSERT(received.size() == me.inputs.size(), "stage ", me.stage, " got ", received.size(),
                         " received inputs for ", me.inputs.size(), " graph inputs");
   if (!parts_.empty()) return forward_parts(std::move(received), batch, slice, rng, keep_graph);
+  std::optional<SavedTensorScope> saved;
+  if (saved_policy_) saved.emplace(*saved_policy_);
   std::vector<c10::IValue> in;
   in.reserve(me.inputs.size());
   for (size_t i = 0; i < me.inputs.size(); ++i) {
@@ -243,9 +251,13 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
 
 void StageExecution::recompute(StageActivations& activations) const {
   if (!parts_.empty()) {
-    run_taking_turns(sub_microbatches(), [&](int h) { parts_[static_cast<size_t>(h)]->recompute(activations.parts[static_cast<size_t>(h)]); });
+    run_taking_turns(sub_microbatches(), [&](int h) {
+      parts_[static_cast<size_t>(h)]->recompute(activations.parts[static_cast<size_t>(h)]);
+    });
     return;
   }
+  std::optional<SavedTensorScope> saved;
+  if (saved_policy_) saved.emplace(*saved_policy_);
   for (auto& segment : activations.segments) segment->recompute();
   if (!activations.recompute_pending) return;
   const auto t0 = std::chrono::steady_clock::now();
@@ -261,6 +273,8 @@ std::map<int, torch::Tensor> StageExecution::backward(StageActivations&& activat
                                                       const std::map<int, torch::Tensor>& output_grads,
                                                       double loss_seed) const {
   if (!parts_.empty()) return backward_parts(std::move(activations), output_grads, loss_seed);
+  std::optional<SavedTensorScope> saved;  // segments rerun inside the backward save tensors too
+  if (saved_policy_) saved.emplace(*saved_policy_);
   const StageProgram& me = *program_;
   StageActivations a = std::move(activations);
   recompute(a);

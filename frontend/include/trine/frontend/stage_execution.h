@@ -19,6 +19,7 @@
 #include "trine/frontend/attention_cores.h"
 #include "trine/frontend/graph_runner.h"
 #include "trine/frontend/proxy_graph.h"
+#include "trine/frontend/saved_tensors.h"
 #include "trine/frontend/segment_checkpoint.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/frontend/traced_model.h"
@@ -115,6 +116,11 @@ class StageExecution {
   // does not shrink by the parts along exactly one dimension). `parts` must
   // outlive this object.
   void split_microbatches(const std::vector<const StageProgram*>& parts);
+  // Every tensor autograd saves while this stage runs (forward, recompute,
+  // backward, its parts' included) goes to `policy` (saved_tensors.h), which
+  // must outlive every microbatch run under it; null: saved as usual.
+  void set_saved_tensor_policy(SavedTensorPolicy* policy);
+
   // Parts per microbatch: 1 unless split_microbatches.
   int sub_microbatches() const { return parts_.empty() ? 1 : static_cast<int>(parts_.size()); }
 
@@ -151,6 +157,7 @@ class StageExecution {
   CheckpointPlan checkpoints_;
   bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers
   bool checkpoint_cores_ = false;    // checkpoint_layers(..., attention_cores)
+  SavedTensorPolicy* saved_policy_ = nullptr;
   std::vector<std::unique_ptr<StageExecution>> parts_;  // split_microbatches
   std::vector<int> input_batch_dim_, output_batch_dim_;  // per stage input/output; -1: not split (the loss)
 };
