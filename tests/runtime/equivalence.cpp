@@ -267,7 +267,8 @@ int main(int argc, char** argv) {
                   a.steps, worst_loss, worst_param, expected.front(), expected.back());
     }
   } catch (const c10::Error& e) {
-    std::cerr << "error: " << e.what_without_backtrace() << std::endl;
+    // One write per line: ranks share stderr, and pieces written apart interleave.
+    std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
     return 1;
   }
   if (failures) std::fprintf(stderr, "%d mismatches\n", failures);
