@@ -15,14 +15,14 @@ namespace trine {
 
 namespace jit = torch::jit;
 
-namespace {
-
-uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
+uint64_t mix_seed(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
+
+namespace {
 
 c10::Device random_op_device(const jit::Node* node) {
   for (const jit::Value* v : node->outputs())
@@ -138,7 +138,7 @@ void GraphRunner::run_steps(std::vector<c10::IValue>& slots, size_t begin, size_
         if (step.random && rng.mode == RngPolicy::Mode::PerOp) {
           auto gen = at::globalContext().defaultGenerator(step.device);
           std::lock_guard<std::mutex> lock(gen.mutex());
-          gen.set_current_seed(mix64(mix64(rng.seed ^ mix64(static_cast<uint64_t>(rng.microbatch))) ^
+          gen.set_current_seed(mix_seed(mix_seed(rng.seed ^ mix_seed(static_cast<uint64_t>(rng.microbatch))) ^
                                      static_cast<uint64_t>(step.rng_id)));
         }
         step.op(stack);

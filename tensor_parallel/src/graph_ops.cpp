@@ -1,5 +1,6 @@
 #include "graph_ops.h"
 
+#include "trine/frontend/graph_runner.h"
 #include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/tensor_parallel_group.h"
 
@@ -119,11 +120,8 @@ at::Tensor shard_dropout_op(const at::Tensor& x, double p, bool train, int64_t r
   auto gen = at::globalContext().defaultGenerator(x.device());
   {
     std::lock_guard<std::mutex> lock(gen.mutex());
-    // splitmix64's increment and finaliser: distinct, well-spread seeds per rank.
-    uint64_t z = gen.current_seed() + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(rank + 1);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    gen.set_current_seed(z ^ (z >> 31));
+    // Distinct, well-spread seeds per rank (and sub-microbatch part).
+    gen.set_current_seed(mix_seed(gen.current_seed() ^ mix_seed(static_cast<uint64_t>(rank))));
   }
   return at::dropout(x, p, true);
 }

@@ -35,6 +35,10 @@ struct RngPolicy {
   int64_t microbatch = 0;
 };
 
+// splitmix64: a well-spread 64-bit number from any other, how seeds are
+// combined (PerOp: seed, microbatch and op id; per-shard dropout: the rank).
+uint64_t mix_seed(uint64_t x);
+
 struct CheckpointPlan;
 class SegmentRun;
 
