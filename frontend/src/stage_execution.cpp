@@ -185,7 +185,8 @@ std::map<int, torch::Tensor> StageExecution::backward_parts(StageActivations&& a
         parts_[static_cast<size_t>(h)]->backward(std::move(a.parts[static_cast<size_t>(h)]), mine, loss_seed / n);
   });
   std::map<int, torch::Tensor> input_grads;
-  for (const auto& [i, first] : grads[0]) {
+  for (const auto& first_part : grads[0]) {
+    const int i = first_part.first;
     std::vector<torch::Tensor> pieces;
     for (const auto& g : grads) pieces.push_back(g.at(i));
     input_grads[i] = torch::cat(pieces, input_batch_dim_.at(static_cast<size_t>(i)));

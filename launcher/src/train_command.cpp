@@ -126,7 +126,8 @@ int run_train(const TrainArgs& args) {
     const std::string chunks =
         job.train.virtual_stages > 1 ? " (" + std::to_string(job.train.virtual_stages) + " stages per rank)" : "";
     const int parts = job.train.tensor_parallel.sub_microbatches;
-    const std::string sub = parts > 1 ? ", each run as " + std::to_string(parts) + " sub-microbatches taking turns" : "";
+    const std::string sub =
+        parts > 1 ? ", each run as " + std::to_string(parts) + " sub-microbatches taking turns" : "";
     std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld%s\n",
                 trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), job.train.schedule.c_str(), chunks.c_str(),
                 job.train.microbatches,

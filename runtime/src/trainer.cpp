@@ -415,7 +415,8 @@ void Trainer::Impl::cut_parts(const std::vector<StageProgram>& stages) {
       make_sub_microbatch_stage(part, whole, h, n);
       crossing_batch_dimensions(whole, part, n);  // checked for every stage, on every rank
     }
-    for (int c = 0; c < v; ++c) part_stages[static_cast<size_t>(c)].push_back(std::move(cut.at(stage_of_chunk(c, stage, p))));
+    for (int c = 0; c < v; ++c)
+      part_stages[static_cast<size_t>(c)].push_back(std::move(cut.at(stage_of_chunk(c, stage, p))));
   }
 }
 

@@ -39,10 +39,11 @@ class SubMicrobatchRewrite {
     for (const Node* n : part_.graph->nodes()) id_of_[n] = part_.runner.op_id(position++);
     const std::vector<Node*> mine = ops_of<Node>(*part_.graph);
     const std::vector<const Node*> theirs = ops_of<const Node>(*whole_.graph);
-    TORCH_INTERNAL_ASSERT(mine.size() == theirs.size(), "stage ", part_.stage, " has ", theirs.size(), " ops whole and ",
-                          mine.size(), " in a part");
+    TORCH_INTERNAL_ASSERT(mine.size() == theirs.size(), "stage ", part_.stage, " has ", theirs.size(),
+                          " ops whole and ", mine.size(), " in a part");
     for (size_t k = 0; k < mine.size(); ++k)
-      TORCH_INTERNAL_ASSERT(mine[k]->kind() == theirs[k]->kind(), "stage ", part_.stage, "'s op ", k, " differs in a part");
+      TORCH_INTERNAL_ASSERT(mine[k]->kind() == theirs[k]->kind(), "stage ", part_.stage, "'s op ", k,
+                            " differs in a part");
     for (size_t k = 0; k < mine.size(); ++k) rewrite(mine[k], theirs[k]);
     std::vector<int64_t> ids;  // inserted constants have none
     for (const Node* n : part_.graph->nodes()) {

@@ -2,11 +2,12 @@
 // stage's parameters are grouped into buckets of about `bucket_bytes`, in the
 // order backward produces their gradients (last layer first). During the
 // step's final backward a hook on each parameter's gradient accumulation marks
-// it done (after its last accumulation, when that backward runs in parts); a bucket whose parameters are all done is flattened and its
-// all-reduce started at once, while backward goes on. Buckets start strictly
-// in order, so every replica issues the same collectives in the same order.
-// `finish()` starts what is left (parameters that got no gradient this step
-// contribute zeros), waits, and writes the averages back into `.grad`.
+// it done (after its last accumulation, when that backward runs in parts); a
+// bucket whose parameters are all done is flattened and its all-reduce started
+// at once, while backward goes on. Buckets start strictly in order, so every
+// replica issues the same collectives in the same order. `finish()` starts
+// what is left (parameters that got no gradient this step contribute zeros),
+// waits, and writes the averages back into `.grad`.
 #pragma once
 #include "trine/runtime/communicator.h"
 
