@@ -10,17 +10,10 @@
 # prints a table.
 #   benchmarks/bench_interleaved.sh [REPEATS]
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${TRINE_BUILD_DIR:-$root/build}/bin
-out=${TRINE_BUILD_DIR:-$root/build}/bench
+source "$(dirname "${BASH_SOURCE[0]}")/bench_setup.sh"
 repeats=${1:-3}
-mkdir -p "$out"
-export OMP_NUM_THREADS=1
-mpirun=(mpirun --oversubscribe --bind-to none)
-[[ $(id -u) -eq 0 ]] && mpirun+=(--allow-run-as-root)
 model=(--pp 2 --layers 8 --hidden 128 --seq 64 --global-batch 32 --steps 6 --warmup 2 --per-rank)
 variants=("--schedule 1f1b" "--schedule interleaved_1f1b --virtual-stages 2" "--schedule interleaved_1f1b --virtual-stages 4")
-lines=$(mktemp)
 
 for ((r = 0; r < repeats; r++)); do
   for m in 2 4 8; do
@@ -28,7 +21,7 @@ for ((r = 0; r < repeats; r++)); do
       echo "repeat $r, m=$m, $variant" >&2
       # shellcheck disable=SC2086
       "${mpirun[@]}" -np 2 "$bin/bench_trainer" $variant --microbatches "$m" "${model[@]}" 2>/dev/null |
-        grep '^json: ' | sed 's/^json: //' >>"$lines"
+        json
     done
   done
 done

@@ -8,18 +8,10 @@
 # Writes build/bench/recompute.json and prints a table.
 #   benchmarks/bench_recompute.sh [REPEATS]
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${TRINE_BUILD_DIR:-$root/build}/bin
-out=${TRINE_BUILD_DIR:-$root/build}/bench
+source "$(dirname "${BASH_SOURCE[0]}")/bench_setup.sh"
 repeats=${1:-1}
-mkdir -p "$out"
-export OMP_NUM_THREADS=1
-mpirun=(mpirun --oversubscribe --bind-to none)
-[[ $(id -u) -eq 0 ]] && mpirun+=(--allow-run-as-root)
 model=(--layers 8 --hidden 128 --seq 128 --global-batch 32 --microbatches 8 --steps 4 --warmup 2)
 policies=("none" "full" "stage_aware --recompute-ratio 0.5" "stage_aware --recompute-ratio 1")
-lines=$(mktemp)
-json() { grep '^json: ' | sed 's/^json: //' >>"$lines"; }
 
 for ((r = 0; r < repeats; r++)); do
   for policy in "${policies[@]}"; do

@@ -8,17 +8,9 @@
 # Writes build/bench/runtime.json and prints a table.
 #   benchmarks/bench_runtime.sh [REPEATS]
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${TRINE_BUILD_DIR:-$root/build}/bin
-out=${TRINE_BUILD_DIR:-$root/build}/bench
+source "$(dirname "${BASH_SOURCE[0]}")/bench_setup.sh"
 repeats=${1:-2}
-mkdir -p "$out"
-export OMP_NUM_THREADS=1
-mpirun=(mpirun --oversubscribe --bind-to none)
-[[ $(id -u) -eq 0 ]] && mpirun+=(--allow-run-as-root)
 model=(--layers 8 --hidden 256 --seq 64 --global-batch 64 --steps 6 --warmup 2)
-lines=$(mktemp)
-json() { grep '^json: ' | sed 's/^json: //' >>"$lines"; }
 
 echo "(a) trainer vs plain loop" >&2
 "$bin/bench_trainer" --mode plain-vs-trainer "${model[@]}" --steps 10 | json

@@ -11,25 +11,18 @@
 # not hide). Writes build/bench/tensor_parallel.json and prints a table.
 #   benchmarks/bench_tensor_parallel.sh [REPEATS]
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${TRINE_BUILD_DIR:-$root/build}/bin
-out=${TRINE_BUILD_DIR:-$root/build}/bench
+source "$(dirname "${BASH_SOURCE[0]}")/bench_setup.sh"
 repeats=${1:-3}
-mkdir -p "$out"
-export OMP_NUM_THREADS=1
-mpirun=(mpirun --oversubscribe --bind-to none)
-[[ $(id -u) -eq 0 ]] && mpirun+=(--allow-run-as-root)
 model=(--layers 4 --hidden 512 --seq 64 --global-batch 8 --steps 5 --warmup 2 --per-rank)
-lines=$(mktemp)
 
 for ((r = 0; r < repeats; r++)); do
   for m in 1 4; do
     echo "repeat $r, m=$m, 1 rank" >&2
-    "$bin/bench_trainer" --microbatches "$m" "${model[@]}" 2>/dev/null | grep '^json: ' | sed 's/^json: //' >>"$lines"
+    "$bin/bench_trainer" --microbatches "$m" "${model[@]}" 2>/dev/null | json
     for sub in 1 2; do
       echo "repeat $r, m=$m, tp=2, sub-microbatches $sub" >&2
       "${mpirun[@]}" -np 2 "$bin/bench_trainer" --tp 2 --sub-microbatches "$sub" --microbatches "$m" "${model[@]}" \
-        2>/dev/null | grep '^json: ' | sed 's/^json: //' >>"$lines"
+        2>/dev/null | json
     done
   done
 done
