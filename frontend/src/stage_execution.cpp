@@ -2,6 +2,7 @@
 
 #include "trine/frontend/turns.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace trine {
@@ -252,6 +253,10 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
 
 void StageExecution::recompute(StageActivations& activations) const {
   if (!parts_.empty()) {
+    const bool dropped = std::any_of(activations.parts.begin(), activations.parts.end(), [](const StageActivations& p) {
+      return p.recompute_pending || !p.segments.empty();
+    });
+    if (!dropped) return;  // nothing was dropped: no threads to start
     run_taking_turns(sub_microbatches(), [&](int h) {
       parts_[static_cast<size_t>(h)]->recompute(activations.parts[static_cast<size_t>(h)]);
     });

@@ -1,5 +1,6 @@
 #include "trine/tensor_parallel/stage_sharding.h"
 
+#include "graph_edit.h"
 #include "graph_ops.h"
 #include "parameter_behind.h"
 #include "random_ops.h"
@@ -124,18 +125,12 @@ class StageRewrite {
     return it == decision_of_.end() ? nullptr : it->second;
   }
 
-  Value* constant(const c10::IValue& value, Node* before) {
-    torch::jit::WithInsertPoint guard(before);
-    return graph_.insertConstant(value);
-  }
+  Value* constant(const c10::IValue& value, Node* before) { return insert_constant(graph_, value, before); }
 
   Node* insert_op(c10::Symbol kind, const std::vector<Value*>& inputs, const c10::TypePtr& type, Node* before,
                   int64_t op_id) {
-    Node* node = graph_.create(kind, inputs, 1);
-    node->insertBefore(before);
-    node->output()->setType(type);
+    Node* node = trine::insert_op(graph_, kind, inputs, type, before);
     id_of_[node] = op_id;
-    TORCH_INTERNAL_ASSERT(node->maybeOperator() != nullptr, "no operator for ", kind.toQualString());
     return node;
   }
 
@@ -299,10 +294,7 @@ class StageRewrite {
     const Placement p = placement(x);
     const auto whole = whole_sizes(x);
     TORCH_CHECK(whole, "tensor parallelism: the dropout of ", describe(x), " has no traced shape");
-    if (n->kind() == c10::aten::dropout_)
-      for (const torch::jit::Use& use : x->uses())
-        TORCH_CHECK(use.user == n || use.user->isBefore(n), "tensor parallelism: the in-place dropout of ",
-                    describe(x), " is read again through its input; use an out-of-place dropout");
+    check_in_place_dropout_read_last(n, "tensor parallelism: the in-place dropout of " + describe(x));
     const auto type = n->output()->type()->cast<c10::TensorType>()->withSizes(*local_sizes(x));
     if (!c_.exact_dropout)
       return replace_with(n, insert_op(tp_ops::shard_dropout(),

@@ -1,5 +1,6 @@
 #include "trine/tensor_parallel/sub_microbatches.h"
 
+#include "graph_edit.h"
 #include "graph_ops.h"
 #include "random_ops.h"
 
@@ -69,10 +70,7 @@ class SubMicrobatchRewrite {
                                std::to_string(part_.stage));
   }
 
-  Value* constant(const c10::IValue& value, Node* before) {
-    torch::jit::WithInsertPoint guard(before);
-    return part_.graph->insertConstant(value);
-  }
+  Value* constant(const c10::IValue& value, Node* before) { return insert_constant(*part_.graph, value, before); }
 
   // aten::dropout of a whole value: trine_tp::dropout with no tp piece, the
   // whole microbatch's mask and this part's rows of it.
@@ -80,21 +78,15 @@ class SubMicrobatchRewrite {
     const int dim = rows_dimension(n, w);
     if (dim < 0) return;  // the same value in every part: the same mask as the whole stage
     Value* x = n->input(0);
-    if (n->kind() == c10::aten::dropout_)
-      for (const torch::jit::Use& use : x->uses())
-        TORCH_CHECK(use.user == n || use.user->isBefore(n), "sub-microbatches: the in-place dropout in stage ",
-                    part_.stage, " is read again through its input; use an out-of-place dropout");
+    check_in_place_dropout_read_last(n, "sub-microbatches: the in-place dropout in stage " +
+                                            std::to_string(part_.stage));
     const auto whole = w->input(0)->type()->expectRef<c10::TensorType>().sizes().concrete_sizes();
     TORCH_INTERNAL_ASSERT(whole, "a dropout input without a traced shape");
-    Node* d = part_.graph->create(tp_ops::dropout(),
-                                  {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{0}, n),
-                                   constant(int64_t{1}, n), constant(int64_t{0}, n), constant(int64_t{1}, n),
-                                   constant(int64_t{dim}, n), constant(int64_t{index_}, n),
-                                   constant(int64_t{parts_}, n)},
-                                  1);
-    d->insertBefore(n);
-    d->output()->setType(n->output()->type());
-    TORCH_INTERNAL_ASSERT(d->maybeOperator() != nullptr, "no operator for trine_tp::dropout");
+    Node* d = insert_op(*part_.graph, tp_ops::dropout(),
+                        {x, n->input(1), n->input(2), constant(*whole, n), constant(int64_t{0}, n),
+                         constant(int64_t{1}, n), constant(int64_t{0}, n), constant(int64_t{1}, n),
+                         constant(int64_t{dim}, n), constant(int64_t{index_}, n), constant(int64_t{parts_}, n)},
+                        n->output()->type(), n);
     n->output()->replaceAllUsesWith(d->output());
     id_of_[d] = id_of_.at(n);
     id_of_.erase(n);
@@ -148,7 +140,8 @@ void check_sub_microbatch_model(const TracedModel& whole, const TracedModel& par
               "set tensor_parallel.sub_microbatches to 1");
   for (const Node* n : mine) {
     check_not_batch_norm(n);
-    TORCH_CHECK(n->kind() == c10::aten::dropout || n->kind() == c10::aten::dropout_ || !draws_random_numbers_when_run(n),
+    const bool dropout = n->kind() == c10::aten::dropout || n->kind() == c10::aten::dropout_;
+    TORCH_CHECK(dropout || !draws_random_numbers_when_run(n),
                 "sub-microbatches: the model's ", n->kind().toQualString(), " draws random numbers, and only dropout "
                 "has a form that draws, for a part of a microbatch, what the whole microbatch would; set "
                 "tensor_parallel.sub_microbatches to 1");

@@ -29,7 +29,6 @@ struct Args {
   std::string fixtures, name;
   int dp = 1, pp = 1, tp = 1, microbatches = 2, steps = 10;
   int sub_microbatches = 1;  // config.tensor_parallel.sub_microbatches
-  int64_t microbatch_rows = 0;  // 0: the rows the fixture was exported at
   std::string schedule = "1f1b";
   int virtual_stages = 1;  // config.virtual_stages (interleaved_1f1b)
   std::string recompute = "none";  // config.recompute.policy of trine's run (the reference keeps everything)
@@ -169,7 +168,6 @@ int main(int argc, char** argv) {
   app.add_option("--pp", a.pp);
   app.add_option("--tp", a.tp);
   app.add_option("--sub-microbatches", a.sub_microbatches);
-  app.add_option("--microbatch-rows", a.microbatch_rows);
   app.add_option("--schedule", a.schedule);
   app.add_option("--virtual-stages", a.virtual_stages);
   app.add_option("--recompute", a.recompute);
@@ -187,9 +185,8 @@ int main(int argc, char** argv) {
     const Fixture f = read_fixture(a.fixtures, a.name);
     const std::string file = a.fixtures + "/" + a.name + ".pt";
     const LossFn loss = named_loss(f.loss);
-    // The file was exported at one microbatch (unless --microbatch-rows says
-    // otherwise); the global batch is dp x m of them.
-    const int64_t micro_rows = a.microbatch_rows > 0 ? a.microbatch_rows : f.microbatch_rows;
+    // The file was exported at one microbatch; the global batch is dp x m of them.
+    const int64_t micro_rows = f.microbatch_rows;
     const int64_t global_batch = micro_rows * a.dp * a.microbatches;
     const TrainConfig config = config_of(a, global_batch);
     Trainer trainer(torch::jit::load(file), loss, batch_of(f, global_batch, 0), config);
