@@ -2,11 +2,15 @@
 
 #include "graph_runner_step.h"
 #include "trine/frontend/segment_checkpoint.h"
+#include "trine/frontend/unit_replay.h"
 
 #include <ATen/core/ivalue.h>
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
@@ -49,6 +53,14 @@ bool draws_random_numbers(const jit::Node* node) {
   if (!schema) return false;
   const auto op = c10::Dispatcher::singleton().findOp({schema->name(), schema->overload_name()});
   return op && op->hasTag(at::Tag::nondeterministic_seeded);
+}
+
+bool communicates(const jit::Node* node) {
+  const c10::FunctionSchema* schema = node->maybeSchema();
+  if (!schema) return false;
+  for (const c10::Argument& a : schema->arguments())
+    if (a.name().rfind("group", 0) == 0) return true;
+  return false;
 }
 
 GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t> op_ids)
@@ -102,6 +114,7 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
             if (const auto* alias = schema->arguments()[a].alias_info(); alias && alias->isWrite())
               step.written.push_back(step.in[a]);
         step.random = draws_random_numbers(node);
+        step.communicates = communicates(node);
         step.rng_id = id;
         if (step.random) step.device = random_op_device(node);
     }
@@ -195,22 +208,42 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
     }
     slots[input_slots_[i]] = std::move(inputs[i]);
   }
-  const bool checkpointing = checkpoints && !checkpoints->segments.empty() && at::GradMode::is_enabled();
-  if (!checkpointing) {
-    run_steps(slots, 0, steps_->size(), rng);
-  } else {
-    size_t next = 0;
-    for (const SegmentPlan& segment : checkpoints->segments) {
-      run_steps(slots, next, segment.begin, rng);
-      run_segment(slots, segment, rng, checkpoints->recompute_ns, segment_runs);
-      next = segment.end;
-    }
-    run_steps(slots, next, steps_->size(), rng);
+  // Segments and units in step order (they are disjoint); plain steps between.
+  std::vector<std::pair<const SegmentPlan*, int>> ranges;  // unit index, or -1 for a segment
+  if (checkpoints && at::GradMode::is_enabled()) {
+    for (const SegmentPlan& segment : checkpoints->segments) ranges.emplace_back(&segment, -1);
+    if (const SavedTensorPolicy* policy = active_saved_tensor_policy(); policy && policy->wants_units())
+      for (size_t u = 0; u < checkpoints->units.size(); ++u)
+        ranges.emplace_back(&checkpoints->units[u], static_cast<int>(u));
   }
+  std::sort(ranges.begin(), ranges.end(), [](const auto& a, const auto& b) { return a.first->begin < b.first->begin; });
+  static std::atomic<int64_t> runs{0};
+  const int64_t run = runs++;
+  size_t next = 0;
+  for (const auto& [range, unit] : ranges) {
+    run_steps(slots, next, range->begin, rng);
+    if (unit < 0)
+      run_segment(slots, *range, rng, checkpoints->recompute_ns, segment_runs);
+    else
+      run_unit(slots, *range, unit, rng, run);
+    next = range->end;
+  }
+  run_steps(slots, next, steps_->size(), rng);
   std::vector<c10::IValue> outputs;
   outputs.reserve(output_slots_.size());
   for (int s : output_slots_) outputs.push_back(slots[s]);
   return outputs;
+}
+
+void GraphRunner::run_unit(std::vector<c10::IValue>& slots, const SegmentPlan& unit, int index, const RngPolicy& rng,
+                           int64_t run) const {
+  auto replay = UnitReplay::start(*this, unit, index, rng, slots, run);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    UnitPackingScope packing(replay);
+    run_steps(slots, unit.begin, unit.end, rng);
+  }
+  replay->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 }  // namespace trine

@@ -17,9 +17,13 @@ struct GraphRunner::Step {
   std::vector<int> written;      // inputs (slots) its schema says it writes in place
   c10::TypePtr list_elem;        // ListConstruct
   bool random = false;
+  bool communicates = false;     // a collective: an argument named group...
   int64_t rng_id = 0;
   c10::Device device = c10::kCPU;  // whose generator a random op draws from
   std::string what;              // for error messages
 };
+
+// Whether `v` is, or contains, a tensor (a list or tuple of them).
+bool holds_tensors(const c10::IValue& v);
 
 }  // namespace trine

@@ -7,7 +7,29 @@
 
 namespace trine {
 
+struct UnitPackingScope::Packing {
+  std::shared_ptr<UnitReplay> unit;
+  int64_t next = 0;
+};
+
 namespace {
+
+thread_local UnitPackingScope::Packing* current_unit = nullptr;
+
+PackSite next_site() {
+  if (!current_unit || !current_unit->unit) return {};
+  return {current_unit->unit, current_unit->next++};
+}
+
+// A tensor kept as it is (no policy active).
+class PlainSlot : public SavedTensorSlot {
+ public:
+  explicit PlainSlot(torch::Tensor t) : tensor_(std::move(t)) {}
+  torch::Tensor unpack() override { return tensor_; }
+
+ private:
+  torch::Tensor tensor_;
+};
 
 thread_local SavedTensorPolicy* active_policy = nullptr;
 
@@ -16,7 +38,7 @@ thread_local SavedTensorPolicy* active_policy = nullptr;
 class PolicyHooks : public torch::autograd::SavedVariableHooks {
  public:
   explicit PolicyHooks(SavedTensorPolicy& policy) : policy_(policy) {}
-  void call_pack_hook(const at::Tensor& tensor) override { slot_ = policy_.pack(tensor); }
+  void call_pack_hook(const at::Tensor& tensor) override { slot_ = policy_.pack(tensor, next_site()); }
   at::Tensor call_unpack_hook() override {
     TORCH_INTERNAL_ASSERT(slot_, "a saved tensor unpacked before it was packed");
     return slot_->unpack();
@@ -54,5 +76,19 @@ SavedTensorScope::SavedTensorScope(SavedTensorPolicy& policy) : previous_(active
 }
 
 SavedTensorScope::~SavedTensorScope() { active_policy = previous_; }
+
+SavedTensorPolicy* active_saved_tensor_policy() { return active_policy; }
+
+std::unique_ptr<SavedTensorSlot> keep_tensor(const torch::Tensor& t, const PackSite& site) {
+  if (active_policy) return active_policy->pack(t, site);
+  return std::make_unique<PlainSlot>(t);
+}
+
+UnitPackingScope::UnitPackingScope(std::shared_ptr<UnitReplay> unit)
+    : mine_(new Packing{std::move(unit), 0}), previous_(current_unit) {
+  current_unit = mine_.get();
+}
+
+UnitPackingScope::~UnitPackingScope() { current_unit = previous_; }
 
 }  // namespace trine

@@ -15,8 +15,6 @@ namespace jit = torch::jit;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-namespace {
-
 bool holds_tensors(const c10::IValue& v) {
   if (v.isTensor()) return true;
   if (v.isList()) {
@@ -29,6 +27,8 @@ bool holds_tensors(const c10::IValue& v) {
   }
   return false;
 }
+
+namespace {
 
 // One segment as one autograd node: its tensor inputs in, its tensor outputs out.
 struct SegmentFunction : torch::autograd::Function<SegmentFunction> {
@@ -73,7 +73,7 @@ std::vector<torch::Tensor> SegmentRun::forward(const std::vector<torch::Tensor>&
   for (size_t i = 0; i < plan_->inputs.size(); ++i) {
     if (!is_tensor_input_[i]) continue;
     const torch::Tensor& x = tensor_inputs.at(t++);
-    saved_.push_back(plan_->copied[i] ? x.detach().clone() : x.detach());
+    kept_.push_back(keep_tensor(plan_->copied[i] ? x.detach().clone() : x.detach()));
     saved_requires_grad_.push_back(x.requires_grad());
   }
   std::vector<c10::IValue> slots = slots_with(tensor_inputs);
@@ -106,8 +106,8 @@ void SegmentRun::recompute() {
   const auto t0 = std::chrono::steady_clock::now();
   torch::AutoGradMode grad(true);
   leaves_.clear();
-  for (size_t i = 0; i < saved_.size(); ++i) {
-    torch::Tensor leaf = saved_[i].detach();
+  for (size_t i = 0; i < kept_.size(); ++i) {
+    torch::Tensor leaf = kept_[i]->unpack().detach();
     if (saved_requires_grad_[i]) leaf.requires_grad_(true);
     leaves_.push_back(leaf);
   }
@@ -155,7 +155,7 @@ std::vector<torch::Tensor> SegmentRun::backward(const std::vector<torch::Tensor>
   }
   leaves_.clear();
   outputs_.clear();
-  saved_.clear();
+  kept_.clear();
   return grads;
 }
 
@@ -224,6 +224,8 @@ CheckpointPlan GraphRunner::plan_checkpoints(const std::vector<int>& segment_of_
                ".." + std::to_string(steps[seg.end - 1].position) + ")";
     std::set<int> inputs, written;
     for (size_t k = seg.begin; k < seg.end; ++k) {
+      seg.random = seg.random || steps[k].random;
+      seg.communicates = seg.communicates || steps[k].communicates;
       for (int s : steps[k].in)
         if (!is_constant_[s] && (defined_at[s] < 0 || defined_at[s] < static_cast<int>(seg.begin))) inputs.insert(s);
       for (int s : steps[k].written) written.insert(s);

@@ -19,12 +19,14 @@ StageExecution::StageExecution(const StageProgram& program, const TracedModel& m
   for (const ProxyOp& op : proxy.ops) layer_of_op_.push_back(op.layer);
   attention_cores_ = attention_cores(proxy);
   read_outputs();
+  plan_segments_and_units(std::vector<int>(program.runner.num_nodes(), -1));
 }
 
 StageExecution::StageExecution(const StageProgram& part, const StageExecution& whole)
     : program_(&part), held_(whole.held_), device_(whole.device_), layer_of_op_(whole.layer_of_op_),
       attention_cores_(whole.attention_cores_) {
   read_outputs();
+  plan_segments_and_units(std::vector<int>(part.runner.num_nodes(), -1));
 }
 
 void StageExecution::read_outputs() {
@@ -240,15 +242,34 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
   for (const auto& [id, range] : span)
     for (size_t n = range.first; n <= range.second; ++n)
       if (segment_of_node[n] < 0) segment_of_node[n] = id;
+  plan_segments_and_units(segment_of_node);
+  checkpointed_layers_ = segments;
+  checkpoint_cores_ = attention_cores;
+  for (auto& part : parts_) part->checkpoint_layers(segments, attention_cores);
+}
+
+void StageExecution::plan_segments_and_units(const std::vector<int>& segment_of_node) {
+  const StageProgram& me = *program_;
+  const GraphRunner& runner = me.runner;
   std::vector<bool> copied(me.inputs.size(), false);
   for (size_t i = 0; i < me.inputs.size(); ++i)
     copied[i] = me.inputs[i].kind == StageInput::Kind::Parameter && !held_.at(me.inputs[i].index).requires_grad();
   auto recompute_ns = checkpoints_.recompute_ns;  // the running total survives a new plan
   checkpoints_ = runner.plan_checkpoints(segment_of_node, copied);
   checkpoints_.recompute_ns = recompute_ns;
-  checkpointed_layers_ = segments;
-  checkpoint_cores_ = attention_cores;
-  for (auto& part : parts_) part->checkpoint_layers(segments, attention_cores);
+  // Units: each layer's nodes outside the segments; nodes of no layer (added
+  // by a rewrite) go with the layer before them, and collectives with none,
+  // so that a unit can run again on this rank alone.
+  std::vector<int> unit_of_node(runner.num_nodes(), -1);
+  int layer = -1;
+  size_t position = 0;
+  for (const torch::jit::Node* node : me.graph->nodes()) {
+    const int64_t op = runner.op_id(position);
+    if (op >= 0) layer = layer_of_op_.at(op);
+    if (segment_of_node[position] < 0 && !communicates(node)) unit_of_node[position] = layer;
+    ++position;
+  }
+  checkpoints_.units = runner.plan_checkpoints(unit_of_node, copied).segments;
 }
 
 void StageExecution::recompute(StageActivations& activations) const {

@@ -155,11 +155,20 @@ PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& p
       }
   }
   buckets_ = std::make_unique<GradientBuckets>(trainable_, groups_.dp, options_.bucket_bytes);
+  if (options_.memory.bytes > 0) manage_memory();
   for (size_t i = 0; i < program_.size(); ++i)
     if (program_[i].op == Instruction::Op::Backward) last_backward_ = static_cast<int>(i);
 }
 
 PipelineExecutor::~PipelineExecutor() = default;
+
+void PipelineExecutor::manage_memory() {
+  std::vector<torch::Tensor> held;
+  for (const auto& chunk : chunks_)
+    for (const auto& [id, t] : chunk->execution->parameters()) held.push_back(t);
+  memory_ = std::make_unique<MemoryManager>(held, options_.memory);
+  for (const auto& chunk : chunks_) chunk->execution->set_saved_tensor_policy(memory_.get());
+}
 
 PipelineExecutor::Chunk& PipelineExecutor::chunk(int c) { return *chunks_.at(c); }
 
@@ -192,6 +201,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
                                 const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
   timings_ = {};
+  if (memory_) memory_->reset_peak();
   std::shared_ptr<AllocationCounter> counter;
   std::optional<AllocationCounting> counting;
   if (options_.measure_memory) {
@@ -247,6 +257,11 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     TORCH_INTERNAL_ASSERT(c->live.empty(), "microbatches left in flight on stage ", c->stage, " after the step");
   TORCH_INTERNAL_ASSERT(local_.empty(), "transfers between this rank's stages left unreceived after the step");
   if (counter) timings_.peak_bytes = counter->peak();
+  if (memory_) {
+    timings_.saved_peak_bytes = memory_->peak_bytes();
+    timings_.memory_needed_bytes = memory_->needed_bytes();
+    timings_.memory = memory_->counters();
+  }
 }
 
 void PipelineExecutor::forward(const Instruction& ins, const SampleBatch& batch, int64_t first_microbatch,

@@ -70,6 +70,15 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.recompute.memory_limit_bytes = p.get("memory_limit_bytes", c.recompute.memory_limit_bytes);
     p.finish();
   }
+  {
+    auto m = r.object("memory");
+    c.memory.bytes = m.get("budget_bytes", c.memory.bytes);
+    c.memory.policy = memory_policy_named(m.get("policy", std::string(memory_policy_name(c.memory.policy))),
+                                         "config.memory.policy");
+    c.memory.swap_bytes_per_s = m.get("swap_bytes_per_s", c.memory.swap_bytes_per_s);
+    c.memory.prefetch = m.get("prefetch", c.memory.prefetch);
+    m.finish();
+  }
   c.steps = r.get("steps", c.steps);
   c.seed = static_cast<uint64_t>(r.get("seed", static_cast<int64_t>(c.seed)));
   c.device = r.get("device", c.device);
@@ -119,6 +128,14 @@ void TrainConfig::check() const {
   TORCH_CHECK(microbatches >= 1, "config.microbatches must be at least 1, got ", microbatches);
   const ScheduleSpec& spec = find_schedule(schedule, "config.schedule");
   check_recompute_settings(recompute, "config.recompute");
+  TORCH_CHECK(memory.bytes >= 0, "config.memory.budget_bytes is ", memory.bytes, "; give the most bytes of saved "
+              "activations a rank may hold, or 0 for no budget");
+  TORCH_CHECK(memory.swap_bytes_per_s > 0 && memory.prefetch >= 0, "config.memory.swap_bytes_per_s must be > 0 and "
+              "config.memory.prefetch >= 0");
+  TORCH_CHECK(memory.bytes == 0 || device == "cpu" || memory.policy == MemoryPolicy::Recompute,
+              "config.memory.policy \"", memory_policy_name(memory.policy), "\" swaps saved activations to host "
+              "memory, which is built for the CPU only so far (pinned memory and a side stream are not); on ", device,
+              " set config.memory.policy to \"recompute\"");
   TORCH_CHECK(!spec.needs_recompute || recompute.policy != "none", "config.schedule '", schedule,
               "' hides recomputation in the time stages wait for each other, but config.recompute.policy is "
               "\"none\": there is nothing to hide and it would only add work; set a recompute policy or use "

@@ -147,6 +147,7 @@ struct Trainer::Impl {
   bool accept_step(double loss, double norm);
 
   void optimizer_step();
+  void check_memory_budget();
 
   // The construction steps, in the order Trainer::init runs them.
   void split_batch(const SampleBatch& sample);
@@ -470,6 +471,7 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
     eo.checkpointing.push_back({mine.layer_segments, mine.attention_cores});
   }
   eo.measure_memory = config.measure_memory;
+  eo.memory = config.memory;
   eo.bucket_bytes = config.bucket_bytes;
   eo.device = device;
   auto program = stage_schedule(plan->pipeline.schedule, p, plan->pipeline.microbatches, stage, v);
@@ -532,6 +534,7 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
 // the last stage holds).
 void Trainer::Impl::optimizer_step() {
   torch::NoGradGuard no_grad;
+  check_memory_budget();
   const auto& params = executor->parameters();
   const auto& owns = executor->owns();
   // Summed on the device; one copy to the host per step.
@@ -555,6 +558,25 @@ void Trainer::Impl::optimizer_step() {
   set_learning_rate(*optimizer, config.optimizer, lr);
   optimizer->step();
   optimizer->zero_grad(true);
+}
+
+// Every rank learns each stage's least budget when some rank could not keep
+// config.memory.budget_bytes this step, and all raise the same error, before
+// the step changes anything.
+void Trainer::Impl::check_memory_budget() {
+  if (config.memory.bytes == 0) return;
+  const int stages = config.parallel.pp * plan->pipeline.virtual_stages;
+  auto needed = torch::zeros({stages}, torch::TensorOptions(torch::kFloat64).device(executor->device()));
+  for (int s : executor->stages()) needed[s] = static_cast<double>(executor->memory_needed_bytes());
+  world->allreduce_max(needed);
+  needed = needed.cpu();
+  const int worst = static_cast<int>(needed.argmax().item<int64_t>());
+  const auto least = static_cast<int64_t>(needed[worst].item<double>());
+  TORCH_CHECK(least == 0, "config.memory.budget_bytes is ", config.memory.bytes, " but stage ", worst, " needed ",
+              least, " bytes of saved activations on the device at once in step ", step, " (what it was using right "
+              "then, or held elsewhere, or what policy \"", memory_policy_name(config.memory.policy), "\" may not "
+              "release); raise config.memory.budget_bytes to at least ", least, ", or let it recompute (policy "
+              "\"combined\"), or give it fewer layers or microbatches in flight");
 }
 
 bool Trainer::Impl::accept_step(double loss, double norm) {

@@ -25,7 +25,7 @@ struct CountingPolicy : SavedTensorPolicy {
     torch::Tensor kept;
   };
   explicit CountingPolicy(bool copy) : copy_(copy) {}
-  std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved) override {
+  std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved, const PackSite&) override {
     ++packed;
     bytes += saved.numel() * saved.element_size();
     return std::make_unique<Slot>(*this, copy_ ? saved.detach().clone() : saved);

@@ -8,7 +8,7 @@
 // full, stage_aware and selective, and stage_aware by memory limit (full recomputation's most
 // loaded stage as the budget: every stage fits it, recomputing fewer layers).
 #include "../support/reference.h"
-#include "trine/frontend/allocation_counter.h"
+#include "../support/stage_program_run.h"
 #include "trine/frontend/stage_execution.h"
 #include "trine/frontend/trace.h"
 #include "trine/partitioner/profiler.h"
@@ -19,71 +19,6 @@
 
 namespace trine {
 namespace {
-
-torch::Tensor random_like_type(const c10::TypePtr& type) {
-  const auto t = type->cast<c10::TensorType>();
-  TORCH_INTERNAL_ASSERT(t && t->scalarType() && t->sizes().concrete_sizes(), "a stage value without a known shape");
-  const auto sizes = *t->sizes().concrete_sizes();
-  if (c10::isFloatingType(*t->scalarType())) return torch::randn(sizes, torch::TensorOptions(*t->scalarType()));
-  return torch::zeros(sizes, torch::TensorOptions(*t->scalarType()));
-}
-
-// Runs stage `program`'s compute instructions for one step on `exec` and
-// returns the most bytes held between instructions (inputs and output
-// gradients made beforehand, so only what the stage allocates counts).
-int64_t measured_peak(const StageExecution& exec, const std::vector<Instruction>& program, const SampleBatch& batch,
-                      int microbatches) {
-  const StageProgram& me = exec.program();
-  std::vector<std::vector<torch::Tensor>> received(microbatches);
-  std::vector<std::map<int, torch::Tensor>> grads(microbatches);
-  for (int mb = 0; mb < microbatches; ++mb) {
-    received[mb].resize(me.inputs.size());
-    for (size_t i = 0; i < me.inputs.size(); ++i)
-      if (me.inputs[i].kind == StageInput::Kind::Activation) {
-        received[mb][i] = random_like_type(me.graph->inputs()[i]->type());
-        if (received[mb][i].is_floating_point()) received[mb][i].requires_grad_(true);
-      }
-    for (size_t o = 0; o < me.outputs.size(); ++o)
-      if (me.outputs[o].model_output != 0 && !me.outputs[o].to_stages.empty()) {
-        auto g = random_like_type(me.graph->outputs()[o]->type());
-        if (g.is_floating_point()) grads[mb][static_cast<int>(o)] = g;
-      }
-  }
-  auto rng_of = [](int mb) { return RngPolicy{RngPolicy::Mode::PerOp, 5, mb}; };
-  // A warm-up step allocates the parameter gradients, which later ones accumulate into.
-  {
-    auto warm = received[0];
-    for (auto& t : warm)
-      if (t.defined()) t = t.detach().requires_grad_(t.requires_grad());
-    exec.backward(exec.forward(std::move(warm), batch, {}, rng_of(0)), grads[0], 1.0);
-  }
-
-  auto counter = std::make_shared<AllocationCounter>();
-  int64_t peak = 0;
-  {
-    AllocationCounting counting(counter);
-    std::map<int, StageActivations> live;
-    for (const Instruction& ins : program) {
-      const int mb = ins.microbatch;
-      switch (ins.op) {
-        case Instruction::Op::Forward:
-        case Instruction::Op::ForwardCheckpoint:
-          // Moved in: the received leaves (and the gradients autograd
-          // leaves on them) go when the backward is done, as in the executor.
-          live[mb] = exec.forward(std::move(received[mb]), batch, {}, rng_of(mb), ins.op == Instruction::Op::Forward);
-          break;
-        case Instruction::Op::Recompute: exec.recompute(live.at(mb)); break;
-        case Instruction::Op::Backward:
-          exec.backward(std::move(live.at(mb)), grads[mb], 1.0 / microbatches);
-          live.erase(mb);
-          break;
-        default: continue;
-      }
-      peak = std::max(peak, counter->live());
-    }
-  }
-  return peak;
-}
 
 TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   torch::manual_seed(0);
@@ -165,7 +100,7 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
         SCOPED_TRACE(schedule + " / " + policy + ", stage " + std::to_string(s) + ": " + predicted[s].why);
         StageExecution exec(stages[s], traced, proxy);
         exec.checkpoint_layers(plan[s].layer_segments, plan[s].attention_cores);
-        const int64_t measured = measured_peak(exec, program_of(schedule, v, s), batch, m);
+        const int64_t measured = testing::run_stage_program(exec, program_of(schedule, v, s), batch, m).peak_bytes;
         std::printf("%s %s stage %d: predicted %lld, measured %lld bytes (%+.1f%%)\n", schedule.c_str(),
                     policy.c_str(), s, static_cast<long long>(predicted[s].peak), static_cast<long long>(measured),
                     100.0 * (measured - predicted[s].peak) / std::max<int64_t>(1, predicted[s].peak));

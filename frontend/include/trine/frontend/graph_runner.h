@@ -42,6 +42,11 @@ uint64_t mix_seed(uint64_t x);
 struct CheckpointPlan;
 class SegmentRun;
 
+// Whether `node` is a collective over a process group (its schema has an
+// argument whose name starts with "group", as trine_tp's ops and c10d's
+// functional ones do): running it on one rank alone would wait for the others.
+bool communicates(const torch::jit::Node* node);
+
 // Whether running `node` draws from a random generator: LibTorch's own
 // nondeterministic ops (dropout, rand, bernoulli, ...) and any registered op
 // tagged nondeterministic_seeded (a custom dropout such as tensor_parallel's).
@@ -58,7 +63,10 @@ class GraphRunner {
   // traced with; a mismatch is an error naming the input and both shapes.
   // With `checkpoints` (segment_checkpoint.h) and grad enabled, each segment
   // runs as one autograd node that keeps only its inputs; `segment_runs`, if
-  // given, receives one SegmentRun per segment executed.
+  // given, receives one SegmentRun per segment executed. With its units, grad
+  // enabled and a SavedTensorScope active whose policy wants_units(), each
+  // unit runs as a UnitReplay (unit_replay.h) that tensors saved in it are
+  // packed under.
   std::vector<c10::IValue> run(std::vector<c10::IValue> inputs, const RngPolicy& rng = {},
                                const CheckpointPlan* checkpoints = nullptr,
                                std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs = nullptr) const;
@@ -78,11 +86,14 @@ class GraphRunner {
 
  private:
   friend class SegmentRun;
+  friend class UnitReplay;
   struct Step;
   void run_steps(std::vector<c10::IValue>& slots, size_t begin, size_t end, const RngPolicy& rng) const;
   void run_segment(std::vector<c10::IValue>& slots, const struct SegmentPlan& segment, const RngPolicy& rng,
                    const std::shared_ptr<std::atomic<int64_t>>& recompute_ns,
                    std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const;
+  void run_unit(std::vector<c10::IValue>& slots, const struct SegmentPlan& unit, int index, const RngPolicy& rng,
+                int64_t run) const;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::shared_ptr<const std::vector<Step>> steps_;
   std::vector<c10::IValue> constants_;  // slot values known before running

@@ -2,8 +2,9 @@
 // C++: LibTorch's C++ API has no saved_tensors_hooks (Python's rests on the
 // Python engine), so trine installs, once per process, an autograd engine
 // whose default saved-variable hooks hand each saved tensor to the policy
-// active on the saving thread. This is the mechanism a memory manager
-// (swapping to host, dropping and recomputing) builds on; it decides nothing.
+// active on the saving thread. This is the mechanism the memory manager
+// (recompute/memory_manager.h: swapping to host, dropping and recomputing)
+// builds on; it decides nothing.
 //
 // Contract:
 //   - While a SavedTensorScope is alive on a thread, every tensor that autograd
@@ -14,6 +15,9 @@
 //     (same values, shape, dtype and device).
 //   - Tensors saved outside any scope are saved as LibTorch saves them; scopes
 //     nest (the innermost policy packs).
+//   - Each pack says where it happened (PackSite): inside a unit of a stage
+//     graph that can be run again (unit_replay.h), as the unit's k-th saved
+//     tensor or as one of its inputs, or elsewhere.
 //   - The first scope replaces LibTorch's default autograd engine for the whole
 //     process by one that differs only in those hooks (torch::autograd::
 //     set_default_engine_stub); it must happen before any other code installs
@@ -21,9 +25,20 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <memory>
 
 namespace trine {
+
+class UnitReplay;
+
+// Where a tensor was packed: while `unit` ran (null: outside any unit), as its
+// `ordinal`-th saved tensor (0, 1, ... in the order autograd saved them), or,
+// with ordinal -1, as one of the inputs the unit keeps to run again.
+struct PackSite {
+  std::shared_ptr<UnitReplay> unit;
+  int64_t ordinal = -1;
+};
 
 // What a policy keeps for one saved tensor.
 class SavedTensorSlot {
@@ -36,7 +51,11 @@ class SavedTensorPolicy {
  public:
   virtual ~SavedTensorPolicy() = default;
   // `saved` is what autograd would keep; the slot stands in for it.
-  virtual std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved) = 0;
+  virtual std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved, const PackSite& site) = 0;
+  // Whether forwards under this policy run their layers as units that keep
+  // their inputs (unit_replay.h): only worth it to a policy that may drop
+  // saved tensors and have them made again.
+  virtual bool wants_units() const { return false; }
 };
 
 // Makes `policy` (which must outlive the scope and every backward through the
@@ -50,6 +69,30 @@ class SavedTensorScope {
 
  private:
   SavedTensorPolicy* previous_;
+};
+
+// The policy of the innermost SavedTensorScope alive on this thread, or null.
+SavedTensorPolicy* active_saved_tensor_policy();
+
+// Keeps `t` for a later backward as the active policy keeps saved tensors
+// (its slot from pack(t, site)), or as itself when no scope is active: how
+// code outside autograd's own saving (a checkpointed segment's inputs, a
+// unit's inputs) lets the memory manager see what it holds.
+std::unique_ptr<SavedTensorSlot> keep_tensor(const torch::Tensor& t, const PackSite& site = {});
+
+// While alive on a thread, tensors autograd saves there are packed as
+// `unit`'s, numbered from 0 (null: outside any unit).
+class UnitPackingScope {
+ public:
+  explicit UnitPackingScope(std::shared_ptr<UnitReplay> unit);
+  ~UnitPackingScope();
+  UnitPackingScope(const UnitPackingScope&) = delete;
+  UnitPackingScope& operator=(const UnitPackingScope&) = delete;
+  struct Packing;  // the unit and its next ordinal (saved_tensors.cpp)
+
+ private:
+  std::unique_ptr<Packing> mine_;
+  Packing* previous_;
 };
 
 }  // namespace trine

@@ -12,6 +12,7 @@
 // backward (the schedule's R), otherwise the backward does it.
 #pragma once
 #include "trine/frontend/graph_runner.h"
+#include "trine/frontend/saved_tensors.h"
 
 #include <ATen/core/ivalue.h>
 
@@ -27,11 +28,17 @@ struct SegmentPlan {
   std::vector<int> inputs;     // slots defined before the segment and read in it
   std::vector<bool> copied;    // per input: updated in place in the segment (copied before the forward)
   std::vector<int> outputs;    // slots defined in it and read after it (or graph outputs)
+  bool random = false;         // some step draws random numbers
+  bool communicates = false;   // some step is a collective (an argument named group...)
   std::string what;            // for messages: "segment 2 (steps 10..24)"
 };
 
 struct CheckpointPlan {
   std::vector<SegmentPlan> segments;  // in step order, disjoint
+  // Runs of steps outside the segments (one per layer) that a forward with
+  // grad under a SavedTensorScope runs as units (unit_replay.h), so that a
+  // memory manager can drop their saved tensors and have them made again.
+  std::vector<SegmentPlan> units;
   // Nanoseconds spent rerunning these segments so far (every SegmentRun adds).
   std::shared_ptr<std::atomic<int64_t>> recompute_ns = std::make_shared<std::atomic<int64_t>>(0);
 };
@@ -65,7 +72,9 @@ class SegmentRun : public torch::CustomClassHolder {
   std::shared_ptr<std::atomic<int64_t>> recompute_ns_;
   std::vector<c10::IValue> other_inputs_;   // per plan input: a non-tensor value, else None
   std::vector<bool> is_tensor_input_;       // per plan input
-  std::vector<torch::Tensor> saved_;        // per tensor input: what the rerun starts from
+  // Per tensor input: what the rerun starts from, kept through the active
+  // saved-tensor policy (keep_tensor), so a memory manager counts and may swap it.
+  std::vector<std::unique_ptr<SavedTensorSlot>> kept_;
   std::vector<bool> saved_requires_grad_;
   std::vector<c10::IValue> other_outputs_;  // per plan output: a non-tensor value, else None
   // After recompute(): the rerun's leaves (per tensor input) and tensor outputs.

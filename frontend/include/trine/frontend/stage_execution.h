@@ -139,6 +139,9 @@ class StageExecution {
   // A part of `whole` (split_microbatches): its program, `whole`'s parameters.
   StageExecution(const StageProgram& part, const StageExecution& whole);
   void read_outputs();  // loss_output_ and output_requires_grad_ from the program
+  // checkpoints_: the segments (segment_of_node, per graph node: a segment id
+  // or -1) and the units (each layer's nodes outside them).
+  void plan_segments_and_units(const std::vector<int>& segment_of_node);
   StageActivations forward_parts(std::vector<torch::Tensor> received, const SampleBatch& batch,
                                  MicrobatchSlice slice, const RngPolicy& rng, bool keep_graph) const;
   std::map<int, torch::Tensor> backward_parts(StageActivations&& activations,

@@ -19,6 +19,7 @@
 #include "trine/frontend/stage_execution.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/frontend/traced_model.h"
+#include "trine/recompute/memory_manager.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
 #include "trine/schedules/instruction.h"
@@ -52,6 +53,11 @@ struct StepTimings {
   // backward, within the times above); set by the Trainer.
   double tensor_parallel_s = 0;
   int64_t peak_bytes = 0;  // with ExecutorOptions::measure_memory: most bytes allocated during the step above its start
+  // With ExecutorOptions::memory: the most bytes of saved activations held at
+  // once, the least budget the step would have kept to when it did not keep
+  // this one (0 when it did), and what the manager swapped and dropped.
+  int64_t saved_peak_bytes = 0, memory_needed_bytes = 0;
+  MemoryCounters memory;
 };
 
 // Layers of one stage run as checkpointed segments (each inner list one
@@ -74,6 +80,9 @@ struct ExecutorOptions {
   // Sub-microbatches (tensor_parallel/sub_microbatches.h): per model chunk of
   // this rank, one program per part of a microbatch; empty: run microbatches whole.
   std::vector<std::vector<StageProgram>> sub_microbatch_stages;
+  // A budget for the saved activations of all this rank's stages (one
+  // memory manager, recompute/memory_manager.h); bytes 0: none.
+  MemoryBudget memory;
 };
 
 class PipelineExecutor {
@@ -115,6 +124,9 @@ class PipelineExecutor {
   // Puts the buffers back as they were before this step (a skipped step).
   void undo_buffer_updates();
   const StepTimings& timings() const { return timings_; }
+  // With a memory budget: 0 while this step has kept it, else the least
+  // budget that it would have (MemoryManager::needed_bytes).
+  int64_t memory_needed_bytes() const { return memory_ ? memory_->needed_bytes() : 0; }
 
  private:
   struct Microbatch;
@@ -134,12 +146,15 @@ class PipelineExecutor {
   uint32_t tag_of(int mb, bool grad, int from_stage, int to_stage, int slot) const;
   void reduce_grads();
   void sum_tied_gradients();
+  void manage_memory();  // one MemoryManager for every chunk's saved tensors
 
   std::vector<StageProgram> stages_;
   int rank_, ranks_;
   std::vector<Instruction> program_;
   ExecutorGroups groups_;
   ExecutorOptions options_;
+  // Declared before the chunks: their microbatches' saved tensors refer to it.
+  std::unique_ptr<MemoryManager> memory_;  // with options_.memory.bytes > 0
   std::vector<std::unique_ptr<Chunk>> chunks_;  // chunk c runs stage rank + c·ranks
   std::vector<torch::Tensor> trainable_;
   std::vector<bool> owned_;

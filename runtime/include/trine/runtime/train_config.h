@@ -4,6 +4,7 @@
 // every key); `check()` validates values against each other.
 #pragma once
 #include "trine/common/json_reader.h"
+#include "trine/recompute/memory_manager.h"
 #include "trine/recompute/recompute_policy.h"
 
 #include <cstdint>
@@ -66,6 +67,9 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   LrScheduleConfig lr_schedule;
   RecomputeSettings recompute;  // recompute/recompute_policy.h
+  // Saved activations per rank under a budget, swapped or dropped and made
+  // again (recompute/memory_manager.h); bytes 0: no budget.
+  MemoryBudget memory;
   int64_t steps = 100;
   uint64_t seed = 0;              // dropout masks and planning
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
@@ -78,7 +82,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
 
   // Reads the keys above from `r` (nested objects "parallel", "tensor_parallel", "partition",
-  // "optimizer", "lr_schedule", "recompute", "logging", "checkpoint"); the caller finishes `r`.
+  // "optimizer", "lr_schedule", "recompute", "memory", "logging", "checkpoint"); the caller finishes `r`.
   static TrainConfig read(JsonObjectReader& r);
   static TrainConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
   // Throws naming the key and the fix for values that cannot work.
