@@ -572,11 +572,13 @@ void Trainer::Impl::check_memory_budget() {
   needed = needed.cpu();
   const int worst = static_cast<int>(needed.argmax().item<int64_t>());
   const auto least = static_cast<int64_t>(needed[worst].item<double>());
+  const bool combined = config.memory.policy == MemoryPolicy::Combined;
   TORCH_CHECK(least == 0, "config.memory.budget_bytes is ", config.memory.bytes, " but stage ", worst, " needed ",
-              least, " bytes of saved activations on the device at once in step ", step, " (what it was using right "
-              "then, or held elsewhere, or what policy \"", memory_policy_name(config.memory.policy), "\" may not "
-              "release); raise config.memory.budget_bytes to at least ", least, ", or let it recompute (policy "
-              "\"combined\"), or give it fewer layers or microbatches in flight");
+              least, " bytes of saved activations on the device at once in step ", step, " (the most of any stage: "
+              "tensors in use right then, held elsewhere too, or not releasable under policy \"",
+              memory_policy_name(config.memory.policy), "\"); raise config.memory.budget_bytes to at least ", least,
+              combined ? "" : ", or set config.memory.policy to \"combined\"",
+              ", or give the stage fewer layers or microbatches in flight");
 }
 
 bool Trainer::Impl::accept_step(double loss, double norm) {

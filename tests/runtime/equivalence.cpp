@@ -8,6 +8,7 @@
 // reference is then trine's own graph run as one stage on one process
 // (SequentialStagedModel), microbatch by microbatch with the same global
 // microbatch numbers and per-op random seeds, keeping every activation.
+#include "../support/memory_watch.h"
 #include "../support/reference.h"
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/trace.h"
@@ -46,6 +47,8 @@ struct Args {
   int64_t recompute_memory_limit = 0;  // config.recompute.memory_limit_bytes (stage_aware)
   int recompute_every = 1;          // config.recompute.every (full)
   std::vector<std::string> recompute_layers;  // config.recompute.layers (layers)
+  int64_t memory_budget = 0;        // config.memory.budget_bytes: saved activations per rank, checked every step
+  std::string memory_policy = "combined";  // config.memory.policy
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -88,6 +91,8 @@ TrainConfig config_of(const Args& a, int m) {
   c.recompute.memory_limit_bytes = a.recompute_memory_limit;
   c.recompute.every = a.recompute_every;
   c.recompute.layers = a.recompute_layers;
+  c.memory.bytes = a.memory_budget;
+  c.memory.policy = memory_policy_named(a.memory_policy, "--memory-policy");
   return c;
 }
 
@@ -205,6 +210,8 @@ int main(int argc, char** argv) {
   app.add_option("--recompute-memory-limit", a.recompute_memory_limit);
   app.add_option("--recompute-every", a.recompute_every);
   app.add_option("--recompute-layers", a.recompute_layers)->delimiter(',');
+  app.add_option("--memory-budget", a.memory_budget);
+  app.add_option("--memory-policy", a.memory_policy);
   app.add_option("--die-rank", a.die_rank);
   app.add_option("--die-step", a.die_step);
   CLI11_PARSE(app, argc, argv);
@@ -225,6 +232,7 @@ int main(int argc, char** argv) {
         for (const auto& p : ref.ptr->named_parameters()) expected_params[p.key()] = p.value().detach();
       }
       double worst_loss = 0, worst_param = 0;
+      testing::MemoryWatch memory{a.memory_budget, a.memory_policy};
       for (int step = 0; step < a.steps; ++step) {
         if (trainer.rank() == a.die_rank && step == a.die_step) {
           // Killed a moment into the step, while its peers wait on it.
@@ -234,6 +242,7 @@ int main(int argc, char** argv) {
           }).detach();
         }
         const double loss = trainer.step(model.batch(step));
+        failures += memory.after_step(trainer.last_step_timings(), trainer.rank(), step);
         const double rel = std::abs(loss - expected[step]) / std::abs(expected[step]);
         worst_loss = std::max(worst_loss, rel);
         if (rel > a.tolerance) {
@@ -265,6 +274,7 @@ int main(int argc, char** argv) {
                   "parameter rel %.2e, first loss %.6f last %.6f\n",
                   trainer.rank(), trainer.stage(), trainer.replica(), trainer.tensor_parallel_rank(), a.model.c_str(), a.dp, a.pp, a.tp, a.schedule.c_str(), a.recompute.c_str(), a.dropout, m,
                   a.steps, worst_loss, worst_param, expected.front(), expected.back());
+      memory.print(trainer.rank());
     }
   } catch (const c10::Error& e) {
     // One write per line: ranks share stderr, and pieces written apart interleave.

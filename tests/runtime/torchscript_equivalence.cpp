@@ -6,6 +6,7 @@
 // which trine's replicas and microbatches take the rows). Every step's loss,
 // and after the last step every parameter and buffer this rank holds, must
 // agree within the tolerance. Exits 1 on any rank that disagrees.
+#include "../support/memory_watch.h"
 #include "../support/reference.h"
 #include "trine/runtime/losses.h"
 #include "trine/runtime/trainer.h"
@@ -36,6 +37,8 @@ struct Args {
   double tensor_tolerance = 1e-4;  // each parameter and buffer by itself
   double lr = 0.05;
   std::vector<std::string> expect_tied;  // parameters whose holders must be the first and last stage
+  int64_t memory_budget = 0;             // config.memory.budget_bytes: saved activations per rank, checked every step
+  std::string memory_policy = "combined";  // config.memory.policy
 };
 
 struct Fixture {
@@ -93,6 +96,8 @@ TrainConfig config_of(const Args& a, int64_t global_batch) {
   c.schedule = a.schedule;
   c.virtual_stages = a.virtual_stages;
   c.recompute.policy = a.recompute;
+  c.memory.bytes = a.memory_budget;
+  c.memory.policy = memory_policy_named(a.memory_policy, "--memory-policy");
   // SGD with momentum: Adam divides by the gradient's own size, so parameters
   // whose gradient is zero up to rounding (BERT's key biases) move by noise,
   // and no two summation orders agree on them.
@@ -177,6 +182,8 @@ int main(int argc, char** argv) {
   app.add_option("--tensor-tolerance", a.tensor_tolerance);
   app.add_option("--lr", a.lr);
   app.add_option("--expect-tied", a.expect_tied);
+  app.add_option("--memory-budget", a.memory_budget);
+  app.add_option("--memory-policy", a.memory_policy);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(1);
   if (std::getenv("REF_NO_OPT")) torch::jit::setGraphExecutorOptimize(false);
@@ -193,8 +200,10 @@ int main(int argc, char** argv) {
     torch::jit::Module ref = torch::jit::load(file);
     const std::vector<double> expected = reference_run(ref, f, loss, config, micro_rows);
     double worst_loss = 0, worst_param = 0, worst_buffer = 0;
+    testing::MemoryWatch memory{a.memory_budget, a.memory_policy};
     for (int step = 0; step < a.steps; ++step) {
       const double l = trainer.step(batch_of(f, global_batch, step));
+      failures += memory.after_step(trainer.last_step_timings(), trainer.rank(), step);
       const double rel = std::abs(l - expected[step]) / std::abs(expected[step]);
       worst_loss = std::max(worst_loss, rel);
       if (rel > a.tolerance) {
@@ -246,6 +255,7 @@ int main(int argc, char** argv) {
                 a.pp, a.tp, a.schedule.c_str(),
                 a.microbatches, a.steps, compared, worst_loss, all_params, worst_param, worst_buffer, expected.front(),
                 expected.back());
+    memory.print(trainer.rank());
   } catch (const c10::Error& e) {
     // One write per line: ranks share stderr, and pieces written apart interleave.
     std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
