@@ -237,7 +237,8 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
 
 void GraphRunner::run_unit(std::vector<c10::IValue>& slots, const SegmentPlan& unit, int index, const RngPolicy& rng,
                            int64_t run) const {
-  auto replay = UnitReplay::start(*this, unit, index, rng, slots, run);
+  const SavedTensorPolicy* policy = active_saved_tensor_policy();
+  auto replay = UnitReplay::start(*this, unit, index, rng, slots, run, policy && policy->replays_units());
   const auto t0 = std::chrono::steady_clock::now();
   {
     UnitPackingScope packing(replay);

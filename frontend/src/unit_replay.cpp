@@ -35,14 +35,14 @@ UnitReplay::UnitReplay(const GraphRunner& runner, const SegmentPlan& unit, int i
 
 std::shared_ptr<UnitReplay> UnitReplay::start(const GraphRunner& runner, const SegmentPlan& unit, int index,
                                               const RngPolicy& rng, const std::vector<c10::IValue>& slots,
-                                              int64_t run) {
+                                              int64_t run, bool replays) {
   std::shared_ptr<UnitReplay> replay(new UnitReplay(runner, unit, index, rng, run));
-  replay->keep_inputs(slots);
+  replay->keep_inputs(slots, replays);
   return replay;
 }
 
-void UnitReplay::keep_inputs(const std::vector<c10::IValue>& slots) {
-  replayable_ = !unit_->communicates && !(unit_->random && rng_.mode != RngPolicy::Mode::PerOp);
+void UnitReplay::keep_inputs(const std::vector<c10::IValue>& slots, bool replays) {
+  replayable_ = replays && !unit_->communicates && !(unit_->random && rng_.mode != RngPolicy::Mode::PerOp);
   for (int s : unit_->inputs)
     if (!slots[s].isTensor() && holds_tensors(slots[s])) replayable_ = false;
   if (!replayable_) return;

@@ -37,6 +37,7 @@ struct MemoryManager::Entry : std::enable_shared_from_this<Entry> {
   std::shared_ptr<UnitReplay> unit;
   int64_t ordinal = -1;
   double saved_at = 0, last_use = 0;
+  double gap_s = -1;        // recorded seconds from save to first use at its place (-1: none)
   bool used = false;        // unpacked since it was saved
   bool prefetched = false;  // brought back ahead of its use, not used yet
 
@@ -119,6 +120,7 @@ std::shared_ptr<MemoryManager::Entry> MemoryManager::entry_for(const torch::Tens
   if (site.unit && site.ordinal >= 0) {
     e->unit = site.unit;
     e->ordinal = site.ordinal;
+    if (auto gap = gap_s_.find(e->place()); gap != gap_s_.end()) e->gap_s = gap->second;
   }
   e->slots = 1;
   resident_[impl] = e.get();
@@ -301,10 +303,9 @@ MemoryManager::Release MemoryManager::director(const Entry& e, double now, doubl
   const double copy = static_cast<double>(e.bytes) / budget_.swap_bytes_per_s;  // one way
   const double rerun = can_drop ? e.unit->seconds() : 0;
   if (can_swap && can_drop) {
-    const auto gap = gap_s_.find(e.place());
     // The copy back hides if it takes less than the compute left before the
     // next use (as recorded); with no record, the cheaper one goes.
-    const bool hides = gap != gap_s_.end() ? copy <= gap->second - (now - e.saved_at) : 2 * copy <= rerun;
+    const bool hides = e.gap_s >= 0 ? copy <= e.gap_s - (now - e.saved_at) : 2 * copy <= rerun;
     *cost = hides ? 2 * copy : rerun;
     return hides ? Release::Swap : Release::Drop;
   }

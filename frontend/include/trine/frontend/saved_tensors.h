@@ -52,10 +52,12 @@ class SavedTensorPolicy {
   virtual ~SavedTensorPolicy() = default;
   // `saved` is what autograd would keep; the slot stands in for it.
   virtual std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved, const PackSite& site) = 0;
-  // Whether forwards under this policy run their layers as units that keep
-  // their inputs (unit_replay.h): only worth it to a policy that may drop
-  // saved tensors and have them made again.
+  // Whether forwards under this policy run their layers as units
+  // (unit_replay.h), so that packs say where they happened (PackSite).
   virtual bool wants_units() const { return false; }
+  // Whether those units keep their inputs to run again: only worth it to a
+  // policy that may drop saved tensors and have them made again.
+  virtual bool replays_units() const { return false; }
 };
 
 // Makes `policy` (which must outlive the scope and every backward through the

@@ -14,10 +14,11 @@
 //     autograd saved in the rerun, in order: the k-th is the same values,
 //     shape and layout as the k-th the first run saved (PackSite::ordinal).
 //     The rerun's autograd graph is thrown away; nothing else changes.
-//   - A unit is not replayable when the rerun could differ or would need
-//     other ranks: it draws random numbers under RngPolicy::Sequential, reads
-//     a list or tuple of tensors, or calls a collective (an op with a `group`
-//     argument). Its inputs are then not kept.
+//   - A unit is not replayable when the policy does not replay units
+//     (SavedTensorPolicy::replays_units) or the rerun could differ or would
+//     need other ranks: it draws random numbers under RngPolicy::Sequential,
+//     reads a list or tuple of tensors, or calls a collective (an op with a
+//     `group` argument). Its inputs are then not kept.
 #pragma once
 #include "trine/frontend/graph_runner.h"
 #include "trine/frontend/saved_tensors.h"
@@ -35,9 +36,11 @@ struct SegmentPlan;
 class UnitReplay : public std::enable_shared_from_this<UnitReplay> {
  public:
   // Keeps the inputs of `unit` (the runner's unit `index`) from `slots`, the
-  // runner's values as the unit is about to run; `run` numbers the forward.
+  // runner's values as the unit is about to run, when `replays` (else the
+  // unit only names where tensors were saved); `run` numbers the forward.
   static std::shared_ptr<UnitReplay> start(const GraphRunner& runner, const SegmentPlan& unit, int index,
-                                           const RngPolicy& rng, const std::vector<c10::IValue>& slots, int64_t run);
+                                           const RngPolicy& rng, const std::vector<c10::IValue>& slots, int64_t run,
+                                           bool replays);
 
   bool replayable() const { return replayable_; }
   std::vector<torch::Tensor> replay() const;
@@ -50,7 +53,7 @@ class UnitReplay : public std::enable_shared_from_this<UnitReplay> {
 
  private:
   UnitReplay(const GraphRunner& runner, const SegmentPlan& unit, int index, const RngPolicy& rng, int64_t run);
-  void keep_inputs(const std::vector<c10::IValue>& slots);
+  void keep_inputs(const std::vector<c10::IValue>& slots, bool replays);
 
   const GraphRunner* runner_;
   const SegmentPlan* unit_;

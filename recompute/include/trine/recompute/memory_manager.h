@@ -72,8 +72,10 @@ class MemoryManager : public SavedTensorPolicy {
   explicit MemoryManager(const std::vector<torch::Tensor>& excluded = {}, MemoryBudget budget = {});
   ~MemoryManager() override;
   std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved, const PackSite& site) override;
-  // Units keep their inputs only when the budget may drop tensors.
-  bool wants_units() const override { return budget_.bytes > 0 && budget_.policy != MemoryPolicy::Swap; }
+  // Under a budget, packs carry their place (the prefetch order is kept by
+  // place); units keep their inputs only when tensors may be dropped.
+  bool wants_units() const override { return budget_.bytes > 0; }
+  bool replays_units() const override { return budget_.bytes > 0 && budget_.policy != MemoryPolicy::Swap; }
 
   const MemoryBudget& budget() const { return budget_; }
   int64_t held_bytes() const;  // activations saved, not yet released, on the device
