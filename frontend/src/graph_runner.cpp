@@ -59,7 +59,7 @@ bool communicates(const jit::Node* node) {
   const c10::FunctionSchema* schema = node->maybeSchema();
   if (!schema) return false;
   for (const c10::Argument& a : schema->arguments())
-    if (a.name().rfind("group", 0) == 0) return true;
+    if (a.name() == "group" || a.name() == "group_name") return true;  // not a convolution's "groups"
   return false;
 }
 
@@ -124,6 +124,9 @@ GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph, std::vector<int64_t>
   num_nodes_ = static_cast<size_t>(position);
   is_constant_.assign(num_slots_, false);
   for (auto& c : consts) is_constant_[c.first] = true;
+  written_.assign(num_slots_, false);
+  for (const Step& step : *steps)
+    for (int s : step.written) written_[s] = true;
 
   // Free every computed value after its last use (outputs are never freed), so a
   // run holds no more than eager execution would.
@@ -219,13 +222,14 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
   std::sort(ranges.begin(), ranges.end(), [](const auto& a, const auto& b) { return a.first->begin < b.first->begin; });
   static std::atomic<int64_t> runs{0};
   const int64_t run = runs++;
+  std::unordered_map<int, PackSite> made;  // slot -> the unit output it holds
   size_t next = 0;
   for (const auto& [range, unit] : ranges) {
     run_steps(slots, next, range->begin, rng);
     if (unit < 0)
       run_segment(slots, *range, rng, checkpoints->recompute_ns, segment_runs);
     else
-      run_unit(slots, *range, unit, rng, run);
+      run_unit(slots, *range, unit, rng, run, made);
     next = range->end;
   }
   run_steps(slots, next, steps_->size(), rng);
@@ -236,15 +240,24 @@ std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs, const
 }
 
 void GraphRunner::run_unit(std::vector<c10::IValue>& slots, const SegmentPlan& unit, int index, const RngPolicy& rng,
-                           int64_t run) const {
+                           int64_t run, std::unordered_map<int, PackSite>& made) const {
   const SavedTensorPolicy* policy = active_saved_tensor_policy();
-  auto replay = UnitReplay::start(*this, unit, index, rng, slots, run, policy && policy->replays_units());
+  auto made_by = [&made](int slot) {
+    auto it = made.find(slot);
+    return it == made.end() ? PackSite{} : it->second;
+  };
+  auto replay = UnitReplay::start(*this, unit, index, rng, slots, made_by, run, policy && policy->replays_units());
   const auto t0 = std::chrono::steady_clock::now();
   {
     UnitPackingScope packing(replay);
     run_steps(slots, unit.begin, unit.end, rng);
   }
   replay->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  // Its outputs can be made again by running it again, unless some step
+  // updates them in place (the rerun would give what they were before).
+  if (!replay->replayable()) return;
+  for (size_t o = 0; o < unit.outputs.size(); ++o)
+    if (!written_[unit.outputs[o]]) made[unit.outputs[o]] = PackSite{replay, -1, static_cast<int>(o)};
 }
 
 }  // namespace trine

@@ -17,7 +17,7 @@ struct GraphRunner::Step {
   std::vector<int> written;      // inputs (slots) its schema says it writes in place
   c10::TypePtr list_elem;        // ListConstruct
   bool random = false;
-  bool communicates = false;     // a collective: an argument named group...
+  bool communicates = false;     // a collective (communicates())
   int64_t rng_id = 0;
   c10::Device device = c10::kCPU;  // whose generator a random op draws from
   std::string what;              // for error messages

@@ -233,6 +233,7 @@ CheckpointPlan GraphRunner::plan_checkpoints(const std::vector<int>& segment_of_
     for (int s : inputs) {
       seg.inputs.push_back(s);
       seg.copied.push_back(copied_slot[s] || written.count(s) > 0);
+      seg.buffer.push_back(copied_slot[s]);
     }
     for (size_t k = seg.begin; k < seg.end; ++k)
       for (int s : steps[k].out)

@@ -35,18 +35,24 @@ UnitReplay::UnitReplay(const GraphRunner& runner, const SegmentPlan& unit, int i
 
 std::shared_ptr<UnitReplay> UnitReplay::start(const GraphRunner& runner, const SegmentPlan& unit, int index,
                                               const RngPolicy& rng, const std::vector<c10::IValue>& slots,
-                                              int64_t run, bool replays) {
+                                              const std::function<PackSite(int slot)>& made_by, int64_t run,
+                                              bool replays) {
   std::shared_ptr<UnitReplay> replay(new UnitReplay(runner, unit, index, rng, run));
-  replay->keep_inputs(slots, replays);
+  replay->keep_inputs(slots, made_by, replays);
   return replay;
 }
 
-void UnitReplay::keep_inputs(const std::vector<c10::IValue>& slots, bool replays) {
+void UnitReplay::keep_inputs(const std::vector<c10::IValue>& slots,
+                             const std::function<PackSite(int slot)>& made_by, bool replays) {
   replayable_ = replays && !unit_->communicates && !(unit_->random && rng_.mode != RngPolicy::Mode::PerOp);
-  for (int s : unit_->inputs)
-    if (!slots[s].isTensor() && holds_tensors(slots[s])) replayable_ = false;
+  for (size_t i = 0; i < unit_->inputs.size(); ++i) {
+    const c10::IValue& v = slots[unit_->inputs[i]];
+    if (!v.isTensor() && holds_tensors(v)) replayable_ = false;
+    // An activation the unit updates in place (an in-place ReLU on its
+    // input) would have to be kept as a copy as big as itself: not worth it.
+    if (unit_->copied[i] && !unit_->buffer[i]) replayable_ = false;
+  }
   if (!replayable_) return;
-  const PackSite site{shared_from_this(), -1};
   for (size_t i = 0; i < unit_->inputs.size(); ++i) {
     const c10::IValue& v = slots[unit_->inputs[i]];
     if (!v.isTensor()) {
@@ -59,11 +65,13 @@ void UnitReplay::keep_inputs(const std::vector<c10::IValue>& slots, bool replays
     other_inputs_.emplace_back();
     requires_grad_.push_back(t.requires_grad());
     torch::NoGradGuard no_grad;
-    kept_.push_back(keep_tensor(unit_->copied[i] ? t.detach().clone() : t.detach(), site));
+    // A copy is made here, by no unit.
+    kept_.push_back(unit_->copied[i] ? keep_tensor(t.detach().clone())
+                                     : keep_tensor(t.detach(), made_by(unit_->inputs[i])));
   }
 }
 
-std::vector<torch::Tensor> UnitReplay::replay() const {
+UnitRemade UnitReplay::replay() const {
   TORCH_INTERNAL_ASSERT(replayable_, what(), " cannot be run again");
   std::vector<c10::IValue> slots = runner_->constants_;
   for (size_t i = 0; i < unit_->inputs.size(); ++i) {
@@ -84,7 +92,11 @@ std::vector<torch::Tensor> UnitReplay::replay() const {
     UnitPackingScope outside(nullptr);
     runner_->run_steps(slots, unit_->begin, unit_->end, rng_);
   }
-  return std::move(capture.tensors);
+  UnitRemade remade;
+  remade.saved = std::move(capture.tensors);
+  for (int s : unit_->outputs)
+    remade.outputs.push_back(slots[s].isTensor() ? slots[s].toTensor().detach() : torch::Tensor());
+  return remade;
 }
 
 const std::string& UnitReplay::what() const { return unit_->what; }

@@ -32,18 +32,27 @@ struct MemoryManager::Entry : std::enable_shared_from_this<Entry> {
   int64_t bytes = 0;
   int slots = 0;  // saved tensors referring to it
   int pins = 0;   // being unpacked
-  // The unit that saved it first (null when none did, or it was the unit's
-  // input): rerunning the unit makes it again as its `ordinal`-th saved tensor.
+  // The unit whose rerun makes it again (null: none can), as its
+  // `ordinal`-th saved tensor or its `output`-th output.
   std::shared_ptr<UnitReplay> unit;
   int64_t ordinal = -1;
+  int output = -1;
   double saved_at = 0, last_use = 0;
   double gap_s = -1;        // recorded seconds from save to first use at its place (-1: none)
   bool used = false;        // unpacked since it was saved
   bool prefetched = false;  // brought back ahead of its use, not used yet
 
   bool droppable() const { return unit && unit->replayable(); }
-  std::tuple<int64_t, int, int64_t> key() const { return {unit->run(), unit->index(), ordinal}; }
-  std::pair<int, int64_t> place() const { return {unit->index(), ordinal}; }
+  // Where in its unit: the ordinal, or an output numbered below -1.
+  int64_t position() const { return output >= 0 ? -2 - output : ordinal; }
+  std::tuple<int64_t, int, int64_t> key() const { return {unit->run(), unit->index(), position()}; }
+  std::pair<int, int64_t> place() const { return {unit->index(), position()}; }
+  // Its tensor among what a rerun of its unit made (null: not there).
+  const torch::Tensor* in(const UnitRemade& remade) const {
+    const auto& list = output >= 0 ? remade.outputs : remade.saved;
+    const size_t at = static_cast<size_t>(output >= 0 ? output : ordinal);
+    return at < list.size() && list[at].defined() ? &list[at] : nullptr;
+  }
 };
 
 // A saved tensor: its entry and where in the storage it lies, or (not an
@@ -117,9 +126,10 @@ std::shared_ptr<MemoryManager::Entry> MemoryManager::entry_for(const torch::Tens
   e->device = saved.device();
   e->bytes = static_cast<int64_t>(saved.storage().nbytes());
   e->saved_at = e->last_use = now;
-  if (site.unit && site.ordinal >= 0) {
+  if (site.unit && (site.ordinal >= 0 || site.output >= 0)) {
     e->unit = site.unit;
     e->ordinal = site.ordinal;
+    e->output = site.output;
     if (auto gap = gap_s_.find(e->place()); gap != gap_s_.end()) e->gap_s = gap->second;
   }
   e->slots = 1;
@@ -193,7 +203,7 @@ void MemoryManager::replay_unit(Entry& e, Lock& lock) {
   // The rerun unpacks the unit's inputs, which may have to come back first.
   lock.unlock();
   const double t0 = now_s();
-  std::vector<torch::Tensor> saved = unit->replay();
+  UnitRemade remade = unit->replay();
   const double seconds = now_s() - t0;
   lock.lock();
   ++counters_.replays;
@@ -201,16 +211,16 @@ void MemoryManager::replay_unit(Entry& e, Lock& lock) {
   // Only the storages are wanted: the rerun's tensors also refer to its
   // inputs, which must not look held elsewhere when room is made below.
   auto storage_of = [&](const Entry& d) {
-    TORCH_INTERNAL_ASSERT(d.ordinal < static_cast<int64_t>(saved.size()) &&
-                              static_cast<int64_t>(saved[d.ordinal].storage().nbytes()) == d.bytes,
-                          unit->what(), " saved other tensors when it ran again (", saved.size(),
-                          " tensors); it is not deterministic");
-    return saved[d.ordinal].storage();
+    const torch::Tensor* t = d.in(remade);
+    TORCH_INTERNAL_ASSERT(t && static_cast<int64_t>(t->storage().nbytes()) == d.bytes, unit->what(),
+                          " made other tensors when it ran again (", remade.saved.size(), " saved); it is not "
+                          "deterministic");
+    return t->storage();
   };
   refill(e, storage_of(e));
   std::vector<c10::Storage> other_storages;
   for (const auto& d : others) other_storages.push_back(storage_of(*d));
-  saved.clear();
+  remade = {};
   make_room(0, lock);  // the inputs the rerun brought back may have taken e's room
   for (size_t k = 0; k < others.size(); ++k) {
     Entry& d = *others[k];

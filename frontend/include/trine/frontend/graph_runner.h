@@ -6,6 +6,8 @@
 // random ops so that dropout masks do not depend on how the model was split or
 // scheduled, releasing values after their last use, and (later) timing ops.
 #pragma once
+#include "trine/frontend/saved_tensors.h"
+
 #include <torch/torch.h>
 #include <torch/csrc/jit/ir/ir.h>
 
@@ -15,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace trine {
@@ -43,7 +46,7 @@ struct CheckpointPlan;
 class SegmentRun;
 
 // Whether `node` is a collective over a process group (its schema has an
-// argument whose name starts with "group", as trine_tp's ops and c10d's
+// argument named "group", as trine_tp's ops do, or "group_name", as c10d's
 // functional ones do): running it on one rank alone would wait for the others.
 bool communicates(const torch::jit::Node* node);
 
@@ -92,8 +95,9 @@ class GraphRunner {
   void run_segment(std::vector<c10::IValue>& slots, const struct SegmentPlan& segment, const RngPolicy& rng,
                    const std::shared_ptr<std::atomic<int64_t>>& recompute_ns,
                    std::vector<c10::intrusive_ptr<SegmentRun>>* segment_runs) const;
+  // Runs `unit` as a UnitReplay; `made` (slot -> site) learns its outputs.
   void run_unit(std::vector<c10::IValue>& slots, const struct SegmentPlan& unit, int index, const RngPolicy& rng,
-                int64_t run) const;
+                int64_t run, std::unordered_map<int, PackSite>& made) const;
   std::shared_ptr<torch::jit::Graph> graph_;
   std::shared_ptr<const std::vector<Step>> steps_;
   std::vector<c10::IValue> constants_;  // slot values known before running
@@ -101,6 +105,7 @@ class GraphRunner {
   std::vector<std::string> input_names_;
   std::vector<std::optional<std::vector<int64_t>>> input_shapes_;  // for sized tensors
   std::vector<bool> is_constant_;  // per slot
+  std::vector<bool> written_;      // per slot: some step updates it in place
   std::vector<int64_t> op_ids_;
   size_t num_nodes_ = 0;
   size_t num_slots_ = 0;

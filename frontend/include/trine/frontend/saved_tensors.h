@@ -15,9 +15,9 @@
 //     (same values, shape, dtype and device).
 //   - Tensors saved outside any scope are saved as LibTorch saves them; scopes
 //     nest (the innermost policy packs).
-//   - Each pack says where it happened (PackSite): inside a unit of a stage
-//     graph that can be run again (unit_replay.h), as the unit's k-th saved
-//     tensor or as one of its inputs, or elsewhere.
+//   - Each pack says where its tensor comes from (PackSite): a unit of a
+//     stage graph that can be run again (unit_replay.h) saved it, or made it
+//     as an output; or neither.
 //   - The first scope replaces LibTorch's default autograd engine for the whole
 //     process by one that differs only in those hooks (torch::autograd::
 //     set_default_engine_stub); it must happen before any other code installs
@@ -32,12 +32,14 @@ namespace trine {
 
 class UnitReplay;
 
-// Where a tensor was packed: while `unit` ran (null: outside any unit), as its
-// `ordinal`-th saved tensor (0, 1, ... in the order autograd saved them), or,
-// with ordinal -1, as one of the inputs the unit keeps to run again.
+// Where a packed tensor comes from: `unit` saved it as its `ordinal`-th saved
+// tensor (0, 1, ... in the order autograd saved them), or, with `output` >= 0,
+// it is the unit's output-th output (a value the unit made that a later unit
+// keeps as an input); unit null: neither (made outside any unit).
 struct PackSite {
   std::shared_ptr<UnitReplay> unit;
   int64_t ordinal = -1;
+  int output = -1;
 };
 
 // What a policy keeps for one saved tensor.

@@ -27,9 +27,10 @@ struct SegmentPlan {
   size_t begin = 0, end = 0;   // the runner's steps [begin, end)
   std::vector<int> inputs;     // slots defined before the segment and read in it
   std::vector<bool> copied;    // per input: updated in place in the segment (copied before the forward)
+  std::vector<bool> buffer;    // per input: one of the graph inputs flagged as copied (the stage's buffers)
   std::vector<int> outputs;    // slots defined in it and read after it (or graph outputs)
   bool random = false;         // some step draws random numbers
-  bool communicates = false;   // some step is a collective (an argument named group...)
+  bool communicates = false;   // some step is a collective (graph_runner.h: communicates)
   std::string what;            // for messages: "segment 2 (steps 10..24)"
 };
 
