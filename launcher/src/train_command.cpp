@@ -133,6 +133,9 @@ int run_train(const TrainArgs& args) {
                 job.train.microbatches,
                 static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)), sub.c_str());
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());
+    if (job.train.memory.bytes > 0)
+      std::printf("memory: saved activations kept under %lld bytes on each rank, policy %s\n",
+                  static_cast<long long>(job.train.memory.bytes), memory_policy_name(job.train.memory.policy));
     std::cout << trainer.plan().table() << trainer.tensor_parallel_table() << std::flush;
   }
   const FitReport report = trainer.fit(j.batch, job.train.steps);

@@ -621,6 +621,17 @@ double Trainer::step(const SampleBatch& global_batch) {
   return m.last_loss;
 }
 
+namespace {
+
+// Rank 0's saved activations in a step under a memory budget, for the progress line.
+std::string memory_note(const StepTimings& t) {
+  if (t.saved_peak_bytes == 0) return "";
+  return "  saved activations " + std::to_string(t.saved_peak_bytes) + " B (" + std::to_string(t.memory.swapped_out) +
+         " swapped, " + std::to_string(t.memory.dropped) + " dropped)";
+}
+
+}  // namespace
+
 FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t steps) {
   Impl& m = *impl_;
   if (steps < 0) steps = m.config.steps;
@@ -635,11 +646,12 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
     report.samples_per_second = static_cast<double>((s + 1 - start) * m.split.global_rows) / secs;
     report.flops_per_second = report.samples_per_second * 3 * forward_flops_per_sample();
     const bool last = s + 1 == steps;
-    if (m.rank == 0 && m.config.log_every > 0 && (s % m.config.log_every == 0 || last))
-      std::printf("step %5lld  loss %.4f  lr %.2e  %.1f samples/s  %.3f GFLOP/s\n", static_cast<long long>(s),
+    if (m.rank == 0 && m.config.log_every > 0 && (s % m.config.log_every == 0 || last)) {
+      std::printf("step %5lld  loss %.4f  lr %.2e  %.1f samples/s  %.3f GFLOP/s%s\n", static_cast<long long>(s),
                   report.losses.back(), learning_rate(m.config.optimizer, m.config.lr_schedule, s, m.config.steps),
-                  report.samples_per_second, report.flops_per_second / 1e9),
-          std::fflush(stdout);
+                  report.samples_per_second, report.flops_per_second / 1e9, memory_note(m.timings).c_str());
+      std::fflush(stdout);
+    }
     if (!m.config.checkpoint_dir.empty() &&
         (last || (m.config.checkpoint_every > 0 && (s + 1) % m.config.checkpoint_every == 0)))
       save_checkpoint(m.config.checkpoint_dir);
