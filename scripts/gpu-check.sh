@@ -2,7 +2,8 @@
 # On a machine with an NVIDIA GPU: builds trine against that machine's LibTorch
 # with CUDA (so NCCL is compiled in) and runs the multi-process equivalence
 # checks with the stage programs on the GPU ("device": "cuda"): every layout's
-# losses must equal single-process CPU training within 1e-5 relative. Several
+# losses must equal single-process CPU training within 1e-5 relative, also
+# with saved activations swapped or recomputed under a memory budget. Several
 # ranks share the one GPU where NCCL allows it.
 #
 #   scripts/gpu-check.sh            # PYTHON=... picks the interpreter whose torch to use
@@ -55,5 +56,10 @@ run 2 --dp 2 --pp 1
 run 4 --dp 2 --pp 2 --model gpt_tied
 run 4 --pp 4 --model skip
 run 4 --dp 2 --pp 2 --model skip --schedule gpipe
+# Saved activations under a budget (recompute/memory_manager.h): side-stream
+# copies into pinned host memory (swap, combined) and reruns (recompute).
+for policy in swap recompute combined; do
+  run 2 --pp 2 --model gpt_tied --dropout 0.1 --microbatches 4 --memory-budget 60000 --memory-policy "$policy"
+done
 if ((failed)); then log "$failed configuration(s) failed"; exit 1; fi
 log "every configuration equals single-process training"

@@ -1,7 +1,9 @@
 #include "trine/recompute/memory_manager.h"
 
+#include "host_transfers.h"
 #include "trine/frontend/unit_replay.h"
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -13,13 +15,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// The bytes of a whole storage as one flat byte tensor.
-torch::Tensor bytes_of(const c10::Storage& storage) {
-  torch::NoGradGuard no_grad;
-  return at::empty({0}, at::TensorOptions().dtype(at::kByte).device(storage.device()))
-      .set_(storage, 0, {static_cast<int64_t>(storage.nbytes())}, {1});
-}
-
 }  // namespace
 
 // One saved storage: on the device, in the host pool, or dropped.
@@ -27,7 +22,11 @@ struct MemoryManager::Entry : std::enable_shared_from_this<Entry> {
   enum class State { Resident, Swapped, Dropped };
   State state = State::Resident;
   c10::Storage storage;  // while resident
-  torch::Tensor host;    // while swapped: its bytes
+  // While swapped: the copy to host (its bytes; until it has finished, the
+  // device storage too, still counted as held: `leaving`).
+  std::unique_ptr<HostTransfer> out;
+  bool leaving = false;
+  std::unique_ptr<HostTransfer> in;  // after a swap in, until the first use orders the compute after it
   c10::Device device = c10::kCPU;
   int64_t bytes = 0;
   int slots = 0;  // saved tensors referring to it
@@ -48,7 +47,7 @@ struct MemoryManager::Entry : std::enable_shared_from_this<Entry> {
   std::tuple<int64_t, int, int64_t> key() const { return {unit->run(), unit->index(), position()}; }
   std::pair<int, int64_t> place() const { return {unit->index(), position()}; }
   // Its tensor among what a rerun of its unit made (null: not there).
-  const torch::Tensor* in(const UnitRemade& remade) const {
+  const torch::Tensor* made_in(const UnitRemade& remade) const {
     const auto& list = output >= 0 ? remade.outputs : remade.saved;
     const size_t at = static_cast<size_t>(output >= 0 ? output : ordinal);
     return at < list.size() && list[at].defined() ? &list[at] : nullptr;
@@ -143,6 +142,10 @@ torch::Tensor MemoryManager::unpack(Slot& slot) {
   Entry& e = slot.entry();
   ++e.pins;
   make_resident(e, lock);
+  if (e.in) {
+    e.in->order_before_use();
+    retire(std::move(e.in));
+  }
   record_use(e);
   const c10::Storage storage = e.storage;  // a reference: e cannot be released until the tensor is gone
   --e.pins;
@@ -156,10 +159,14 @@ void MemoryManager::release(Entry& e) {
   if (--e.slots > 0) return;
   if (e.prefetched) --prefetched_unused_;
   switch (e.state) {
-    case Entry::State::Resident: leave_device(e); break;
+    case Entry::State::Resident:
+      leave_device(e);
+      if (e.in) retire(std::move(e.in));
+      break;
     case Entry::State::Swapped:
       host_ -= e.bytes;
-      e.host.reset();
+      if (e.leaving) stop_leaving(e);
+      retire(std::move(e.out));
       if (e.unit) swapped_.erase(e.key());
       break;
     case Entry::State::Dropped: dropped_.erase(&e); break;
@@ -179,10 +186,16 @@ void MemoryManager::make_resident(Entry& e, Lock& lock) {
 
 void MemoryManager::swap_in(Entry& e) {
   const double t0 = now_s();
-  torch::Tensor back = at::empty({e.bytes}, at::TensorOptions().dtype(at::kByte).device(e.device));
-  back.copy_(e.host);
-  e.host.reset();
-  e.storage = back.storage();
+  if (e.leaving) {
+    // Its copy out has not finished: the device storage is still there.
+    e.storage = e.out->from().storage();
+    stop_leaving(e);
+    held_ -= e.bytes;  // counted again below
+  } else {
+    e.in = copy_to_device(e.out->bytes(), e.device);
+    e.storage = e.in->bytes().storage();
+  }
+  retire(std::move(e.out));
   e.state = Entry::State::Resident;
   resident_[e.storage.unsafeGetStorageImpl()] = &e;
   if (e.unit) swapped_.erase(e.key());
@@ -211,7 +224,7 @@ void MemoryManager::replay_unit(Entry& e, Lock& lock) {
   // Only the storages are wanted: the rerun's tensors also refer to its
   // inputs, which must not look held elsewhere when room is made below.
   auto storage_of = [&](const Entry& d) {
-    const torch::Tensor* t = d.in(remade);
+    const torch::Tensor* t = d.made_in(remade);
     TORCH_INTERNAL_ASSERT(t && static_cast<int64_t>(t->storage().nbytes()) == d.bytes, unit->what(),
                           " made other tensors when it ran again (", remade.saved.size(), " saved); it is not "
                           "deterministic");
@@ -273,19 +286,49 @@ void MemoryManager::prefetch_after(const Entry& e, Lock&) {
 }
 
 void MemoryManager::make_room(int64_t extra, Lock&) {
+  finish_transfers(false);
   if (budget_.bytes == 0) return;
   const double now = now_s();
   while (held_ + extra > budget_.bytes) {
     const Victim v = choose_victim(now);
-    if (!v.entry) {
+    if (v.entry) {
+      if (v.how == Release::Swap)
+        swap_out(*v.entry);
+      else
+        drop(*v.entry);
+    } else if (!leaving_.empty()) {
+      finish_transfers(true);  // a copy out frees its device bytes when it finishes
+    } else {
       needed_ = std::max(needed_, held_ + extra);
       return;
     }
-    if (v.how == Release::Swap)
-      swap_out(*v.entry);
-    else
-      drop(*v.entry);
   }
+}
+
+void MemoryManager::finish_transfers(bool wait_for_one) {
+  if (wait_for_one && !leaving_.empty()) leaving_.front()->out->wait();
+  for (auto it = leaving_.begin(); it != leaving_.end();) {
+    Entry& e = **it;
+    if (!e.out->finished()) {
+      ++it;
+      continue;
+    }
+    e.out->release_from();
+    e.leaving = false;
+    held_ -= e.bytes;
+    it = leaving_.erase(it);
+  }
+  retiring_.erase(std::remove_if(retiring_.begin(), retiring_.end(), [](const auto& t) { return t->finished(); }),
+                  retiring_.end());
+}
+
+void MemoryManager::stop_leaving(Entry& e) {
+  leaving_.erase(std::find(leaving_.begin(), leaving_.end(), &e));
+  e.leaving = false;
+}
+
+void MemoryManager::retire(std::unique_ptr<HostTransfer> transfer) {
+  if (transfer && !transfer->finished()) retiring_.push_back(std::move(transfer));
 }
 
 MemoryManager::Victim MemoryManager::choose_victim(double now) const {
@@ -331,13 +374,16 @@ MemoryManager::Release MemoryManager::director(const Entry& e, double now, doubl
 }
 
 void MemoryManager::swap_out(Entry& e) {
-  TORCH_CHECK(e.device.is_cpu(), "the memory manager swaps tensors on the CPU only so far (pinned memory and a side "
-              "stream for ", e.device, " are not built); set memory.policy to \"recompute\" there");
   const double t0 = now_s();
-  e.host = bytes_of(e.storage).clone();
+  e.out = copy_to_host(e.storage);
   leave_device(e);
   e.state = Entry::State::Swapped;
   host_ += e.bytes;
+  if (!e.out->finished()) {  // its device bytes stay held until the copy is done
+    e.leaving = true;
+    leaving_.push_back(&e);
+    held_ += e.bytes;
+  }
   if (e.unit) swapped_[e.key()] = &e;
   ++counters_.swapped_out;
   counters_.swapped_out_bytes += e.bytes;

@@ -132,10 +132,6 @@ void TrainConfig::check() const {
               "activations a rank may hold, or 0 for no budget");
   TORCH_CHECK(memory.swap_bytes_per_s > 0 && memory.prefetch >= 0, "config.memory.swap_bytes_per_s must be > 0 and "
               "config.memory.prefetch >= 0");
-  TORCH_CHECK(memory.bytes == 0 || device == "cpu" || memory.policy == MemoryPolicy::Recompute,
-              "config.memory.policy \"", memory_policy_name(memory.policy), "\" swaps saved activations to host "
-              "memory, which is built for the CPU only so far (pinned memory and a side stream are not); on ", device,
-              " set config.memory.policy to \"recompute\"");
   TORCH_CHECK(!spec.needs_recompute || recompute.policy != "none", "config.schedule '", schedule,
               "' hides recomputation in the time stages wait for each other, but config.recompute.policy is "
               "\"none\": there is nothing to hide and it would only add work; set a recompute policy or use "

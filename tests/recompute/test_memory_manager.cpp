@@ -309,8 +309,12 @@ TEST(MemoryManager, DroppingBatchNormLayersUpdatesTheirStatisticsOnce) {
   for (const auto& [id, t] : plain.parameters()) {
     const torch::Tensor& mine = managed.parameters().at(id);
     EXPECT_TRUE(torch::equal(mine, t)) << proxy.params[id].name;  // running statistics included
-    if (t.requires_grad()) EXPECT_TRUE(torch::equal(mine.grad(), t.grad())) << proxy.params[id].name;
-    if (proxy.params[id].name == "bn.num_batches_tracked") EXPECT_EQ(mine.item<int64_t>(), m);
+    if (t.requires_grad()) {
+      EXPECT_TRUE(torch::equal(mine.grad(), t.grad())) << proxy.params[id].name;
+    }
+    if (proxy.params[id].name == "bn.num_batches_tracked") {
+      EXPECT_EQ(mine.item<int64_t>(), m);
+    }
   }
 }
 }  // namespace

@@ -24,7 +24,9 @@ namespace {
 void expect_same_step(const testing::StageProgramRun& got, const testing::StageProgramRun& expected,
                       const std::string& what) {
   for (size_t mb = 0; mb < expected.losses.size(); ++mb) {
-    if (expected.losses[mb].defined()) EXPECT_TRUE(torch::equal(got.losses[mb], expected.losses[mb])) << what;
+    if (expected.losses[mb].defined()) {
+      EXPECT_TRUE(torch::equal(got.losses[mb], expected.losses[mb])) << what;
+    }
     ASSERT_EQ(got.input_grads[mb].size(), expected.input_grads[mb].size()) << what;
     for (const auto& [i, g] : expected.input_grads[mb])
       EXPECT_TRUE(torch::equal(got.input_grads[mb].at(i), g)) << what << ": input " << i << " microbatch " << mb;
@@ -57,13 +59,6 @@ TEST(MemoryBudget, EveryScheduleKeepsEachStagesBudgetWithTheSameGradients) {
   in.layer_bytes_selective.assign(proxy.layers.size(), 1);
   in.layers_of_stage = layers_of_stage;
   in.microbatches = m;
-  auto program_of = [&](const std::string& schedule, int v, int s) {
-    const int ranks = p / v;
-    std::vector<Instruction> mine;
-    for (const Instruction& ins : stage_schedule(schedule, ranks, m, s % ranks, v))
-      if (ins.chunk == s / ranks) mine.push_back(ins);
-    return mine;
-  };
   struct Budget {
     MemoryPolicy policy;
     double share;  // of what the stage holds unmanaged
@@ -87,7 +82,7 @@ TEST(MemoryBudget, EveryScheduleKeepsEachStagesBudgetWithTheSameGradients) {
           exec->checkpoint_layers(plan[s].layer_segments, plan[s].attention_cores);
           return exec;
         };
-        const auto program = program_of(schedule, v, s);
+        const auto program = testing::stage_instructions(schedule, p, m, s, v);
         auto plain = stage();
         const auto expected = testing::run_stage_program(*plain, program, batch, m, true);
         auto watched = stage();
@@ -122,7 +117,9 @@ TEST(MemoryBudget, EveryScheduleKeepsEachStagesBudgetWithTheSameGradients) {
                       static_cast<long long>(run.peak_bytes), static_cast<long long>(expected.peak_bytes));
           EXPECT_EQ(manager.needed_bytes(), 0) << what;
           EXPECT_LE(manager.peak_bytes(), budget.bytes) << what;
-          if (budget.bytes < watcher.peak_bytes()) EXPECT_GT(c.swapped_out + c.dropped, 0) << what;
+          if (budget.bytes < watcher.peak_bytes()) {
+            EXPECT_GT(c.swapped_out + c.dropped, 0) << what;
+          }
         }
       }
     }

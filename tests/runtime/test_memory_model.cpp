@@ -59,14 +59,6 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
   in.layer_bytes_selective = selective_bytes;
   in.layers_of_stage = layers_of_stage;
   in.microbatches = m;
-  // Stage s's own instructions: under interleaving, its rank's for its chunk.
-  auto program_of = [&](const std::string& schedule, int v, int s) {
-    const int ranks = p / v;
-    std::vector<Instruction> mine;
-    for (const Instruction& ins : stage_schedule(schedule, ranks, m, s % ranks, v))
-      if (ins.chunk == s / ranks) mine.push_back(ins);
-    return mine;
-  };
   for (const auto& [schedule, v] : std::vector<std::pair<std::string, int>>{
            {"1f1b", 1}, {"shifted_critical_path", 1}, {"interleaved_1f1b", 2}}) {
     in.schedule = schedule;
@@ -100,7 +92,8 @@ TEST(ActivationMemoryModel, PredictsEveryStagesMeasuredPeakWithinTenPercent) {
         SCOPED_TRACE(schedule + " / " + policy + ", stage " + std::to_string(s) + ": " + predicted[s].why);
         StageExecution exec(stages[s], traced, proxy);
         exec.checkpoint_layers(plan[s].layer_segments, plan[s].attention_cores);
-        const int64_t measured = testing::run_stage_program(exec, program_of(schedule, v, s), batch, m).peak_bytes;
+        const auto program = testing::stage_instructions(schedule, p, m, s, v);
+        const int64_t measured = testing::run_stage_program(exec, program, batch, m).peak_bytes;
         std::printf("%s %s stage %d: predicted %lld, measured %lld bytes (%+.1f%%)\n", schedule.c_str(),
                     policy.c_str(), s, static_cast<long long>(predicted[s].peak), static_cast<long long>(measured),
                     100.0 * (measured - predicted[s].peak) / std::max<int64_t>(1, predicted[s].peak));

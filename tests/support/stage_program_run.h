@@ -8,6 +8,7 @@
 #include "trine/frontend/allocation_counter.h"
 #include "trine/frontend/stage_execution.h"
 #include "trine/schedules/instruction.h"
+#include "trine/schedules/schedule_registry.h"
 
 #include <map>
 #include <vector>
@@ -20,6 +21,16 @@ inline torch::Tensor random_like_type(const c10::TypePtr& type) {
   const auto sizes = *t->sizes().concrete_sizes();
   if (c10::isFloatingType(*t->scalarType())) return torch::randn(sizes, torch::TensorOptions(*t->scalarType()));
   return torch::zeros(sizes, torch::TensorOptions(*t->scalarType()));
+}
+
+// Stage s's own instructions of `schedule` over p stages, m microbatches:
+// under interleaving (v chunks per rank), its rank's for its chunk.
+inline std::vector<Instruction> stage_instructions(const std::string& schedule, int p, int m, int s, int v) {
+  const int ranks = p / v;
+  std::vector<Instruction> mine;
+  for (const Instruction& ins : stage_schedule(schedule, ranks, m, s % ranks, v))
+    if (ins.chunk == s / ranks) mine.push_back(ins);
+  return mine;
 }
 
 struct StageProgramRun {

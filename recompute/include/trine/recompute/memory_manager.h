@@ -29,8 +29,11 @@
 //     that would have been enough.
 //   - Tensors sharing storage with `excluded` (the stage's parameters and
 //     buffers) are kept as saved and not counted.
-//   - On CPU the host pool is host memory too: the same code path, so that
-//     the policy runs in CI; CUDA (pinned memory, a side stream) is not built.
+//   - Swaps copy on a side stream into pinned host memory on CUDA (the device
+//     storage is given up, and stops counting, when the copy has finished;
+//     a tensor brought back is used only after its copy), at once on the CPU,
+//     where the host pool is host memory too: the same code path, so that the
+//     policy runs in CI (the CUDA copies are built, not yet run on a GPU).
 //   - Safe to use from several threads (sub-microbatch parts, autograd's).
 #pragma once
 #include "trine/frontend/saved_tensors.h"
@@ -46,6 +49,8 @@
 #include <vector>
 
 namespace trine {
+
+class HostTransfer;
 
 // Which releases the director may choose (names: memory_policy.cpp).
 enum class MemoryPolicy { Swap, Recompute, Combined };
@@ -112,6 +117,11 @@ class MemoryManager : public SavedTensorPolicy {
   Victim choose_victim(double now) const;
   Release director(const Entry& e, double now, double* cost) const;
   void swap_out(Entry& entry);
+  // Copies out that have finished give their device bytes up (with
+  // `wait_for_one`, after waiting for the oldest); finished copies retire.
+  void finish_transfers(bool wait_for_one);
+  void stop_leaving(Entry& entry);
+  void retire(std::unique_ptr<HostTransfer> transfer);  // kept until it has finished
   void drop(Entry& entry);
   void leave_device(Entry& entry);
   void note_held();
@@ -121,6 +131,8 @@ class MemoryManager : public SavedTensorPolicy {
   mutable std::mutex mutex_;
   std::unordered_map<const c10::StorageImpl*, Entry*> resident_;
   std::set<Entry*> dropped_;
+  std::vector<Entry*> leaving_;  // swapped, copy out not finished: still held, oldest first
+  std::vector<std::unique_ptr<HostTransfer>> retiring_;  // copies nobody waits for, not finished
   std::map<std::tuple<int64_t, int, int64_t>, Entry*> swapped_;  // by (run, unit, ordinal); unit entries only
   std::map<std::pair<int, int64_t>, double> gap_s_;         // (unit, ordinal) -> seconds from save to first use
   std::vector<std::pair<int, int64_t>> use_order_;          // first uses in the recorded backward
