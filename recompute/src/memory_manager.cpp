@@ -165,7 +165,10 @@ void MemoryManager::release(Entry& e) {
       break;
     case Entry::State::Swapped:
       host_ -= e.bytes;
-      if (e.leaving) stop_leaving(e);
+      if (e.leaving) {  // its device bytes go when the copy has finished, uncounted from now
+        stop_leaving(e);
+        held_ -= e.bytes;
+      }
       retire(std::move(e.out));
       if (e.unit) swapped_.erase(e.key());
       break;
