@@ -81,8 +81,10 @@ SavedTensorPolicy* active_saved_tensor_policy() { return active_policy; }
 
 std::unique_ptr<SavedTensorSlot> keep_tensor(const torch::Tensor& t, const PackSite& site) {
   if (active_policy) return active_policy->pack(t, site);
-  return std::make_unique<PlainSlot>(t);
+  return plain_slot(t);
 }
+
+std::unique_ptr<SavedTensorSlot> plain_slot(torch::Tensor t) { return std::make_unique<PlainSlot>(std::move(t)); }
 
 UnitPackingScope::UnitPackingScope(std::shared_ptr<UnitReplay> unit)
     : mine_(new Packing{std::move(unit), 0}), previous_(current_unit) {

@@ -12,17 +12,9 @@ namespace {
 // Collects the tensors a rerun saves, in order, and keeps them as they are.
 class Capture : public SavedTensorPolicy {
  public:
-  class Slot : public SavedTensorSlot {
-   public:
-    explicit Slot(torch::Tensor t) : tensor_(std::move(t)) {}
-    torch::Tensor unpack() override { return tensor_; }
-
-   private:
-    torch::Tensor tensor_;
-  };
   std::unique_ptr<SavedTensorSlot> pack(const torch::Tensor& saved, const PackSite&) override {
     tensors.push_back(saved);
-    return std::make_unique<Slot>(saved);
+    return plain_slot(saved);
   }
   std::vector<torch::Tensor> tensors;
 };

@@ -79,8 +79,11 @@ TEST(ShardingAnalysis, TiedHeadAndEmbeddingAreCutAlike) {
   EXPECT_EQ(parameter_shards(traced, a).at("tok_emb.weight").dim, 0);
 
   const ShardingAnalysis three = analyze_sharding(gpt(true), 3);
-  for (const auto& d : three.linears)
-    if (d.weight == "tok_emb.weight") EXPECT_EQ(d.mode, Mode::Replicated) << d.why;
+  for (const auto& d : three.linears) {
+    if (d.weight == "tok_emb.weight") {
+      EXPECT_EQ(d.mode, Mode::Replicated) << d.why;
+    }
+  }
   const auto& embedding = decision(three, "tok_emb.weight");
   EXPECT_TRUE(embedding.indivisible);
   EXPECT_NE(embedding.why.find("64 rows do not split in 3"), std::string::npos) << embedding.why;

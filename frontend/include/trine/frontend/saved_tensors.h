@@ -78,6 +78,9 @@ class SavedTensorScope {
 // The policy of the innermost SavedTensorScope alive on this thread, or null.
 SavedTensorPolicy* active_saved_tensor_policy();
 
+// A slot that keeps `t` as it is.
+std::unique_ptr<SavedTensorSlot> plain_slot(torch::Tensor t);
+
 // Keeps `t` for a later backward as the active policy keeps saved tensors
 // (its slot from pack(t, site)), or as itself when no scope is active: how
 // code outside autograd's own saving (a checkpointed segment's inputs, a
