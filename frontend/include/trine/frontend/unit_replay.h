@@ -8,7 +8,8 @@
 //   - When the unit starts, its inputs (values made before it and read in
 //     it) are kept through the active policy (keep_tensor; the site names the
 //     unit that made the input and which of its outputs it is, if one did);
-//     an input the unit updates in place is kept as a copy taken before.
+//     a buffer the unit updates in place (BatchNorm's statistics) is kept as
+//     a copy taken before.
 //   - replay() runs the unit's nodes again with grad from those inputs (each
 //     unpacked, so a policy may have to bring it back first), random ops
 //     drawing what they drew (RngPolicy::PerOp), and returns the tensors
@@ -20,9 +21,9 @@
 //     (SavedTensorPolicy::replays_units) or the rerun could differ or would
 //     need other ranks: it draws random numbers under RngPolicy::Sequential,
 //     reads a list or tuple of tensors, or calls a collective (an op with a
-//     `group` or `group_name` argument); or when it updates an input activation in place
-//     (keeping a copy would cost what dropping saves). Its inputs are then
-//     not kept.
+//     `group` or `group_name` argument); or when it updates an input
+//     activation in place (keeping a copy would cost what dropping saves).
+//     Its inputs are then not kept.
 #pragma once
 #include "trine/frontend/graph_runner.h"
 #include "trine/frontend/saved_tensors.h"
@@ -44,7 +45,7 @@ struct UnitRemade {
   std::vector<torch::Tensor> saved, outputs;
 };
 
-class UnitReplay : public std::enable_shared_from_this<UnitReplay> {
+class UnitReplay {
  public:
   // Keeps the inputs of `unit` (the runner's unit `index`) from `slots`, the
   // runner's values as the unit is about to run, when `replays` (else the
