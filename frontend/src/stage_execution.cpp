@@ -217,19 +217,13 @@ void StageExecution::checkpoint_layers(const std::vector<std::vector<int>>& segm
     }
   const GraphRunner& runner = me.runner;
   std::vector<int> segment_of_node(runner.num_nodes(), -1);
-  checkpoints_random_ = false;
-  size_t position = 0;
-  for (const torch::jit::Node* node : me.graph->nodes()) {
+  for (size_t position = 0; position < runner.num_nodes(); ++position) {
     const int64_t op = runner.op_id(position);
-    if (op >= 0) {
-      auto it = segment_of_layer.find(layer_of_op_.at(op));
-      auto core = segment_of_op.find(op);
-      if (it != segment_of_layer.end() || core != segment_of_op.end()) {
-        segment_of_node[position] = it != segment_of_layer.end() ? it->second : core->second;
-        checkpoints_random_ = checkpoints_random_ || draws_random_numbers(node);
-      }
-    }
-    ++position;
+    if (op < 0) continue;
+    auto it = segment_of_layer.find(layer_of_op_.at(op));
+    auto core = segment_of_op.find(op);
+    if (it != segment_of_layer.end() || core != segment_of_op.end())
+      segment_of_node[position] = it != segment_of_layer.end() ? it->second : core->second;
   }
   // Nodes cloned into the middle of a core (ops on parameters or buffers alone,
   // such as a causal mask) join it rather than split it in two.
@@ -257,6 +251,8 @@ void StageExecution::plan_segments_and_units(const std::vector<int>& segment_of_
   auto recompute_ns = checkpoints_.recompute_ns;  // the running total survives a new plan
   checkpoints_ = runner.plan_checkpoints(segment_of_node, copied);
   checkpoints_.recompute_ns = recompute_ns;
+  checkpoints_random_ = std::any_of(checkpoints_.segments.begin(), checkpoints_.segments.end(),
+                                    [](const SegmentPlan& segment) { return segment.random; });
   // Units: each layer's nodes outside the segments; nodes of no layer (added
   // by a rewrite) go with the layer before them, and collectives with none,
   // so that a unit can run again on this rank alone.

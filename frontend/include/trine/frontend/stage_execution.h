@@ -158,7 +158,7 @@ class StageExecution {
   std::vector<AttentionCore> attention_cores_;  // of the whole model
   std::vector<std::vector<int>> checkpointed_layers_;
   CheckpointPlan checkpoints_;
-  bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers
+  bool checkpoints_random_ = false;  // some checkpointed segment draws random numbers (from checkpoints_)
   bool checkpoint_cores_ = false;    // checkpoint_layers(..., attention_cores)
   SavedTensorPolicy* saved_policy_ = nullptr;
   std::vector<std::unique_ptr<StageExecution>> parts_;  // split_microbatches
