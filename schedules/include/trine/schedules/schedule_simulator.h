@@ -1,0 +1,84 @@
+// Plays a pipeline schedule in time, without a model: every rank runs its
+// program (schedules/), each compute instruction taking the time its stage's
+// costs say, transfers meeting their peers as check_schedule makes them meet
+// (blocking: a send and its receive both complete once both are posted and
+// the data has crossed; buffered: a send completes when posted, its receive
+// when the data has arrived). docs/design.md §6a.
+//
+// Durations of one microbatch on a stage (StageTimes):
+//   F and F*  forward;
+//   R         forward when the microbatch went through F* (it kept only its
+//             inputs), else recompute (what the stage's policy dropped);
+//   B         backward, plus whatever is still dropped (forward after F*,
+//             recompute after F) when no R came first;
+//   a transfer  activation_transfer (one consumer) or gradient_transfer (one
+//             producer); between two stages of one rank: 0, through memory;
+//   ReduceGrads the gradient sync of the rank's stages (data-parallel and tied
+//             all-reduces) starts with the rank's final backward, as the
+//             executor's buckets do, and ends `reduce` later, or when that
+//             backward ends if later;
+//   the step  after every rank's ReduceGrads, one world all-reduce
+//             (`step_sync`, the loss and gradient norm), then each rank's
+//             optimizer: the step ends when the slowest one has.
+// With `cores` > 0 the ranks share that many processor cores: k ranks
+// computing at once each run at min(1, cores / k) of their speed (waiting
+// costs nothing). 0: every rank has its own device.
+// The play is validated by check_schedule first (matched transfers, no
+// deadlock, every microbatch forwarded and backwarded once); its memory
+// peaks come with the report.
+#pragma once
+#include "trine/schedules/instruction.h"
+#include "trine/schedules/schedule_checker.h"
+
+#include <string>
+#include <vector>
+
+namespace trine {
+
+// One stage's costs per microbatch, in seconds (or any one unit).
+struct StageTimes {
+  double forward = 1;
+  double backward = 2;
+  double recompute = 0;            // what a plain F drops (0: it keeps everything)
+  double activation_transfer = 0;  // its outputs to one consumer stage
+  double gradient_transfer = 0;    // its input gradients to one producer stage
+  double reduce = 0;               // gradient sync of its parameters at ReduceGrads
+  double optimizer = 0;            // its share of the optimizer step
+};
+
+struct SimulationOptions {
+  SendMode mode = SendMode::Blocking;
+  double cores = 0;      // > 0: the ranks share this many cores
+  double step_sync = 0;  // the world all-reduce before the optimizer step
+  std::vector<ActivationCosts> memory;  // per stage, for the memory peaks (empty: unit)
+};
+
+// One instruction of one rank, from when it started to when the rank moved on.
+struct TimelineEvent {
+  int rank = 0;
+  int stage = -1;          // compute instructions: the plan stage; else -1
+  char kind = 'F';         // F forward, C F*, R recompute, B backward, T transfers, G reduce, S sync, O optimizer
+  std::string name;        // to_string of the instruction
+  double start = 0, end = 0;
+  double compute = 0;      // of which computing (the rest waited on peers)
+};
+
+struct SimulationReport {
+  double makespan = 0;              // the step
+  std::vector<double> busy;         // per rank: time spent computing
+  double bubble = 0;                // 1 - mean(busy) / makespan
+  std::vector<TimelineEvent> timeline;
+  ScheduleReport memory;            // check_schedule's peaks
+};
+
+// `program`: one list per pipeline rank (as check_schedule); `times`: one per
+// plan stage.
+SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
+                                   const StageTopology& topology, const std::vector<StageTimes>& times,
+                                   const SimulationOptions& options = {});
+
+// {"traceEvents": [...]} for chrome://tracing and ui.perfetto.dev: one
+// process per rank, times in microseconds from `scale` (1e6 for seconds).
+std::string chrome_trace(const std::vector<TimelineEvent>& timeline, double scale = 1e6);
+
+}  // namespace trine
