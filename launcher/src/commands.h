@@ -86,4 +86,18 @@ struct TokenizeArgs {
 CLI::App* add_tokenize_command(CLI::App& app, TokenizeArgs& args);
 int run_tokenize(const TokenizeArgs& args);
 
+struct SimulateArgs {
+  bool unit = false;
+  std::string times_file;
+  int stages = 4, microbatches = 8, virtual_stages = 1;
+  std::string schedule = "1f1b";
+  std::string recompute = "none";  // unit costs: none | full | stage_aware
+  double recompute_ratio = 0.8;
+  bool buffered = false;
+  double cores = 0;
+  std::string trace;
+};
+CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& args);
+int run_simulate(const SimulateArgs& args);
+
 }  // namespace trine::cli

@@ -1,5 +1,6 @@
 // The `trine` command: inspect a model, plan its pipeline stages, check a plan,
-// train it staged in one process, or train it across processes (`train`).
+// train it staged in one process, train it across processes (`train`), or
+// simulate a schedule (`simulate`).
 #include "commands.h"
 
 #include "trine/runtime/launch.h"
@@ -39,12 +40,14 @@ int main(int argc, char** argv) {
   TrainStagedArgs train_args;
   TrainArgs dist_args;
   TokenizeArgs tokenize_args;
+  SimulateArgs simulate_args;
   auto* inspect = add_inspect_command(app, inspect_args);
   auto* plan = add_plan_command(app, plan_args);
   auto* check = add_check_plan_command(app, check_args);
   auto* staged = add_train_staged_command(app, train_args);
   auto* train = add_train_command(app, dist_args);
   auto* tokenize = add_tokenize_command(app, tokenize_args);
+  auto* simulate = add_simulate_command(app, simulate_args);
 
   try {
     app.parse(argc, argv);
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
     if (*staged) return run_train_staged(train_args);
     if (*train) return run_train(dist_args);
     if (*tokenize) return run_tokenize(tokenize_args);
+    if (*simulate) return run_simulate(simulate_args);
   } catch (const c10::Error& e) {
     std::cerr << "trine: error" + rank_suffix() + ": " + e.what_without_backtrace() + "\n" << std::flush;
     return 1;

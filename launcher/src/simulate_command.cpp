@@ -1,0 +1,149 @@
+// `trine simulate`: plays a schedule in time without a model
+// (schedules/schedule_simulator.h) and prints the step's makespan, bubble,
+// per-rank busy time, memory peaks and a timeline.
+//
+//   --unit: F = 1, B = 2, R = 1 time unit, free transfers, blocking
+//   rendezvous (the setting of Merak's published makespans); a recomputing
+//   stage's R reruns the share of its forward the policy drops.
+//   --times FILE: per-stage times from a JSON file
+//   {"stages": [{"forward": s, "backward": s, "recompute": s,
+//   "activation_transfer": s, "gradient_transfer": s, "reduce": s,
+//   "optimizer": s}, ...]} (missing keys 0; forward and backward required).
+#include "commands.h"
+
+#include "trine/common/files.h"
+#include "trine/common/json_reader.h"
+#include "trine/recompute/stage_aware_ratios.h"
+#include "trine/schedules/schedule_registry.h"
+#include "trine/schedules/schedule_simulator.h"
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+namespace trine::cli {
+
+namespace {
+
+// The share of each stage's forward a plain F drops under `policy`.
+std::vector<double> dropped_share(const SimulateArgs& a) {
+  const ScheduleSpec& spec = find_schedule(a.schedule, "--schedule");
+  const int stages = a.stages * a.virtual_stages;
+  std::vector<double> share(stages, 0);
+  if (a.recompute == "full") {
+    for (int s = 0; s < stages; ++s) share[s] = spec.last_stage_keeps_everything && s == stages - 1 ? 0 : 1;
+  } else if (a.recompute == "stage_aware") {
+    share = stage_aware_ratios_for(peak_in_flight(a.schedule, a.stages, a.microbatches, a.virtual_stages),
+                                   a.recompute_ratio);
+  } else {
+    TORCH_CHECK(a.recompute == "none", "--recompute '", a.recompute, "': choose none, full or stage_aware");
+  }
+  return share;
+}
+
+std::vector<StageTimes> unit_times(const SimulateArgs& a) {
+  const std::vector<double> share = dropped_share(a);
+  std::vector<StageTimes> times(share.size());
+  for (size_t s = 0; s < share.size(); ++s) {
+    times[s].forward = 1.0 / a.virtual_stages;
+    times[s].backward = 2.0 / a.virtual_stages;
+    times[s].recompute = share[s] / a.virtual_stages;
+  }
+  return times;
+}
+
+std::vector<StageTimes> times_from_file(const std::string& path, int stages) {
+  JsonObjectReader root(nlohmann::json::parse(read_file(path)), path);
+  std::vector<JsonObjectReader> list = root.objects("stages");
+  TORCH_CHECK(static_cast<int>(list.size()) == stages, path, ": \"stages\" lists ", list.size(), " stages, need ",
+              stages, " (--stages x --virtual-stages)");
+  std::vector<StageTimes> times;
+  for (JsonObjectReader& r : list) {
+    StageTimes t;
+    t.forward = r.required<double>("forward");
+    t.backward = r.required<double>("backward");
+    t.recompute = r.get<double>("recompute", 0);
+    t.activation_transfer = r.get<double>("activation_transfer", 0);
+    t.gradient_transfer = r.get<double>("gradient_transfer", 0);
+    t.reduce = r.get<double>("reduce", 0);
+    t.optimizer = r.get<double>("optimizer", 0);
+    r.finish();
+    times.push_back(t);
+  }
+  root.finish();
+  return times;
+}
+
+// One row per rank, one character per time unit: F forward, f F*, R
+// recompute, B backward (two units), . idle. Only for unit costs.
+std::string unit_timeline(const SimulationReport& r, int ranks) {
+  const int width = static_cast<int>(std::lround(r.makespan));
+  std::vector<std::string> rows(ranks, std::string(width, '.'));
+  for (const TimelineEvent& e : r.timeline) {
+    if (e.compute <= 0) continue;
+    const char mark = e.kind == 'C' ? 'f' : e.kind;
+    const int from = static_cast<int>(std::lround(e.start));
+    const int to = std::min(width, static_cast<int>(std::lround(e.start + e.compute)));
+    for (int t = from; t < to; ++t) rows[e.rank][t] = mark;
+  }
+  std::ostringstream os;
+  for (int k = 0; k < ranks; ++k) os << "  rank " << k << " |" << rows[k] << "|\n";
+  return os.str();
+}
+
+}  // namespace
+
+CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& a) {
+  auto* cmd = app.add_subcommand("simulate", "play a pipeline schedule in time without a model: step time, bubble, "
+                                             "memory peaks, timeline");
+  cmd->add_flag("--unit", a.unit, "unit costs: F = 1, B = 2, R = 1, free transfers");
+  cmd->add_option("--times", a.times_file, "per-stage times (JSON: {\"stages\": [{\"forward\": s, ...}]})")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--stages", a.stages, "pipeline ranks p")->check(CLI::PositiveNumber);
+  cmd->add_option("--microbatches", a.microbatches, "microbatches per step m")->check(CLI::PositiveNumber);
+  std::string help = "pipeline schedule:";
+  for (const auto& s : registered_schedules()) help += "\n  " + s.name + ": " + s.summary;
+  cmd->add_option("--schedule", a.schedule, help)->check(CLI::IsMember(schedule_names()));
+  cmd->add_option("--virtual-stages", a.virtual_stages, "model chunks per rank (interleaved_1f1b)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--recompute", a.recompute, "unit costs: none | full | stage_aware (what a plain F drops)")
+      ->check(CLI::IsMember({"none", "full", "stage_aware"}));
+  cmd->add_option("--recompute-ratio", a.recompute_ratio, "stage_aware: the first stage's share r0")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_flag("--buffered", a.buffered, "sends complete when posted (Gloo) instead of at their receive (NCCL)");
+  cmd->add_option("--cores", a.cores, "the ranks share this many cores (0: one device each)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--trace", a.trace, "write the simulated step as a Chrome/Perfetto trace (JSON)");
+  return cmd;
+}
+
+int run_simulate(const SimulateArgs& a) {
+  TORCH_CHECK(a.unit != !a.times_file.empty(), "give exactly one of --unit and --times FILE");
+  check_virtual_stages(find_schedule(a.schedule, "--schedule"), a.virtual_stages, "--virtual-stages");
+  const int stages = a.stages * a.virtual_stages;
+  const std::vector<StageTimes> times = a.unit ? unit_times(a) : times_from_file(a.times_file, stages);
+  SimulationOptions options;
+  options.mode = a.buffered ? SendMode::Buffered : SendMode::Blocking;
+  options.cores = a.cores;
+  const auto program = pipeline_schedule(a.schedule, a.stages, a.microbatches, a.virtual_stages);
+  const SimulationReport r = simulate_schedule(program, a.microbatches, StageTopology::chain(stages), times, options);
+
+  std::printf("schedule %s, %d pipeline ranks%s, %d microbatches, %s\n", a.schedule.c_str(), a.stages,
+              a.virtual_stages > 1 ? (" x " + std::to_string(a.virtual_stages) + " chunks").c_str() : "",
+              a.microbatches, a.unit ? ("unit costs, recompute " + a.recompute).c_str() : a.times_file.c_str());
+  std::printf("makespan %g\n", r.makespan);
+  std::printf("bubble %.4f\n", r.bubble);
+  std::printf("%-6s %10s %16s\n", "rank", "busy", "peak in flight");
+  for (int k = 0; k < a.stages; ++k)
+    std::printf("%-6d %10g %16d\n", k, r.busy[k], r.memory.peak_in_flight[k]);
+  if (a.unit && r.makespan <= 200) std::cout << "timeline (F forward, f F*, R recompute, B backward, . idle):\n"
+                                             << unit_timeline(r, a.stages);
+  if (!a.trace.empty()) {
+    write_file_atomically(a.trace, chrome_trace(r.timeline, a.unit ? 1000 : 1e6));
+    std::printf("trace written to %s\n", a.trace.c_str());
+  }
+  return 0;
+}
+
+}  // namespace trine::cli
