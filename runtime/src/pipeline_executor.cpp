@@ -197,6 +197,35 @@ torch::Tensor PipelineExecutor::parameter(int id) const {
   return torch::Tensor();
 }
 
+void PipelineExecutor::start_tracing(std::chrono::steady_clock::time_point origin) {
+  tracing_ = true;
+  trace_origin_ = origin;
+}
+
+void PipelineExecutor::record(const Instruction& ins, std::chrono::steady_clock::time_point t0,
+                              std::chrono::steady_clock::time_point t1) {
+  static const std::map<Instruction::Op, char> kinds = {
+      {Instruction::Op::Forward, 'F'},     {Instruction::Op::ForwardCheckpoint, 'C'},
+      {Instruction::Op::Recompute, 'R'},   {Instruction::Op::Backward, 'B'},
+      {Instruction::Op::Communicate, 'T'}, {Instruction::Op::ReduceGrads, 'G'},
+      {Instruction::Op::OptimizerStep, 'O'}};
+  const char kind = kinds.at(ins.op);
+  const bool compute = kind == 'F' || kind == 'C' || kind == 'R' || kind == 'B';
+  auto seconds = [&](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(t - trace_origin_).count();
+  };
+  TimelineEvent e;
+  e.rank = rank_;
+  e.stage = compute ? stage_of_chunk(ins.chunk, rank_, ranks_) : -1;
+  e.kind = kind;
+  e.name = kind == 'O' ? "step" : to_string(ins);
+  e.start = seconds(t0);
+  e.end = seconds(t1);
+  e.compute = compute ? e.end - e.start : 0;
+  e.step = traced_steps_;
+  timeline_.push_back(std::move(e));
+}
+
 void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbatch,
                                 const std::function<void()>& optimizer_step) {
   loss_sum_ = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(options_.device));
@@ -251,8 +280,11 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         account = &timings_.optimizer_s;
         break;
     }
-    *account += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto t1 = std::chrono::steady_clock::now();
+    *account += std::chrono::duration<double>(t1 - t0).count();
+    if (tracing_) record(ins, t0, t1);
   }
+  if (tracing_) ++traced_steps_;
   for (const auto& c : chunks_)
     TORCH_INTERNAL_ASSERT(c->live.empty(), "microbatches left in flight on stage ", c->stage, " after the step");
   TORCH_INTERNAL_ASSERT(local_.empty(), "transfers between this rank's stages left unreceived after the step");

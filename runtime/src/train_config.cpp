@@ -89,6 +89,8 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     auto l = r.object("logging");
     c.log_every = l.get("every", c.log_every);
     c.measure_memory = l.get("memory", c.measure_memory);
+    c.trace_file = l.get("trace", c.trace_file);
+    c.trace_steps = l.get("trace_steps", c.trace_steps);
     l.finish();
   }
   {
@@ -158,6 +160,8 @@ void TrainConfig::check() const {
   TORCH_CHECK(bucket_bytes > 0, "config.bucket_bytes must be positive, got ", bucket_bytes);
   TORCH_CHECK(max_skipped_steps >= 1, "config.max_skipped_steps must be at least 1, got ", max_skipped_steps);
   TORCH_CHECK(log_every >= 0 && checkpoint_every >= 0, "config.logging.every and config.checkpoint.every must be >= 0");
+  TORCH_CHECK(trace_steps >= 1, "config.logging.trace_steps is ", trace_steps,
+              ": give the number of first steps to trace (>= 1), or leave out config.logging.trace");
 }
 
 double learning_rate(const OptimizerConfig& opt, const LrScheduleConfig& sched, int64_t step, int64_t run_steps) {

@@ -1,5 +1,7 @@
 #include "trine/runtime/trainer.h"
 
+#include "step_trace.h"
+
 #include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"
 #include "trine/frontend/stage_split.h"
@@ -56,16 +58,17 @@ int64_t rows_in(const SampleBatch& b) {
   return n;
 }
 
-// Checkpoints are written after training: find out now whether they can be.
-void check_writable_directory(const std::string& dir) {
+// Checkpoints and traces are written after training steps: find out now
+// whether they can be. `key` names the setting in the message.
+void check_writable_directory(const std::string& dir, const std::string& key, const std::string& otherwise) {
   try {
     make_directories(dir);
     const std::string probe = dir + "/.trine-write-check-" + std::to_string(::getpid());
     write_file_atomically(probe, "");
     ::unlink(probe.c_str());
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "config.checkpoint.dir '", dir, "' cannot be written (", e.what_without_backtrace(),
-                "): choose a directory this process can create and write to, or leave it empty for no checkpoints");
+    TORCH_CHECK(false, key, " '", dir, "' cannot be written (", e.what_without_backtrace(),
+                "): choose a directory this process can create and write to, or ", otherwise);
   }
 }
 
@@ -138,6 +141,9 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   int64_t step = 0;
   double last_loss = 0;
+  c10::intrusive_ptr<c10d::Store> store;  // this trainer's prefix of the session's store
+  std::chrono::steady_clock::time_point trace_origin;  // logging.trace: time 0, after the start-up barrier
+  bool trace_written = false;
   int64_t skipped_in_a_row = 0, skipped_total = 0;
   bool last_skipped = false;
 
@@ -148,6 +154,8 @@ struct Trainer::Impl {
 
   void optimizer_step();
   void check_memory_budget();
+  // logging.trace: gathers the traced steps' timelines on rank 0 and writes them.
+  void write_trace();
 
   // The construction steps, in the order Trainer::init runs them.
   void split_batch(const SampleBatch& sample);
@@ -497,7 +505,13 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   Impl& m = *impl_;
   // Checks that need no other process come first: they fail on every rank at once.
   config.check();
-  if (!config.checkpoint_dir.empty()) check_writable_directory(config.checkpoint_dir);
+  if (!config.checkpoint_dir.empty())
+    check_writable_directory(config.checkpoint_dir, "config.checkpoint.dir", "leave it empty for no checkpoints");
+  if (!config.trace_file.empty()) {
+    const size_t slash = config.trace_file.rfind('/');
+    check_writable_directory(slash == std::string::npos ? "." : config.trace_file.substr(0, std::max<size_t>(slash, 1)),
+                             "the directory of config.logging.trace", "leave config.logging.trace out for no trace");
+  }
   m.config = config;
   const auto& par = config.parallel;
   m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
@@ -511,6 +525,7 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   const c10::Device device = device_of(config, m.session->launch);
   const std::string prefix = m.session->next_prefix();
   auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, m.session->store);
+  m.store = store;
 
   SampleBatch first = rows_of(sample, 0, m.split.microbatch_rows);
   for (auto* list : {&first.inputs, &first.targets})
@@ -525,6 +540,26 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
+  m.trace_origin = std::chrono::steady_clock::now();
+}
+
+void Trainer::Impl::write_trace() {
+  trace_written = true;
+  executor->stop_tracing();
+  std::vector<std::string> names;
+  for (int r = 0; r < grid->world_size(); ++r)
+    names.push_back("rank " + std::to_string(r) + " (dp " + std::to_string(grid->coord(r, Dim::DP)) + ", pp " +
+                    std::to_string(grid->coord(r, Dim::PP)) + ", tp " + std::to_string(grid->coord(r, Dim::TP)) +
+                    ")");
+  const size_t events = write_step_trace(*store, rank, grid->world_size(), executor->take_timeline(), names,
+                                         config.trace_file,
+                                         std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000)));
+  if (rank == 0) {
+    std::printf("trace of %lld step(s), %zu instructions of %d ranks, written to %s\n",
+                static_cast<long long>(std::min(step, config.trace_steps)), events, grid->world_size(),
+                config.trace_file.c_str());
+    std::fflush(stdout);
+  }
 }
 
 // Clip by the global norm (each parameter counted once: by its first holder,
@@ -614,10 +649,13 @@ double Trainer::step(const SampleBatch& global_batch) {
   const int64_t mbs = m.split.microbatches;
   const int64_t first = (m.step * m.config.parallel.dp + m.replica) * mbs;
   m.tp_ns = 0;
+  const bool tracing = !m.config.trace_file.empty() && m.step < m.config.trace_steps;
+  if (tracing) m.executor->start_tracing(m.trace_origin);
   m.executor->run_step(mine, first, [&] { m.optimizer_step(); });
   m.timings = m.executor->timings();
   m.timings.tensor_parallel_s = static_cast<double>(m.tp_ns.load()) * 1e-9;
   ++m.step;
+  if (tracing && m.step == m.config.trace_steps) m.write_trace();
   return m.last_loss;
 }
 
@@ -656,6 +694,8 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
         (last || (m.config.checkpoint_every > 0 && (s + 1) % m.config.checkpoint_every == 0)))
       save_checkpoint(m.config.checkpoint_dir);
   }
+  // Fewer steps than logging.trace_steps: the trace holds those run.
+  if (!m.config.trace_file.empty() && !m.trace_written && m.step > 0) m.write_trace();
   return report;
 }
 

@@ -310,15 +310,21 @@ SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& 
   return report;
 }
 
-std::string chrome_trace(const std::vector<TimelineEvent>& timeline, double scale) {
+std::string chrome_trace(const std::vector<TimelineEvent>& timeline, double scale,
+                         const std::vector<std::string>& rank_names) {
   std::ostringstream os;
   os << std::setprecision(12) << "{\"traceEvents\": [";
   bool first = true;
+  for (size_t r = 0; r < rank_names.size(); ++r) {
+    os << (first ? "\n" : ",\n") << "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": " << r
+       << ", \"args\": {\"name\": \"" << escape_json(rank_names[r]) << "\"}}";
+    first = false;
+  }
   for (const TimelineEvent& e : timeline) {
     os << (first ? "\n" : ",\n") << "{\"name\": \"" << escape_json(e.name) << "\", \"cat\": \"" << e.kind
        << "\", \"ph\": \"X\", \"pid\": " << e.rank << ", \"tid\": 0, \"ts\": " << e.start * scale
        << ", \"dur\": " << (e.end - e.start) * scale << ", \"args\": {\"stage\": " << e.stage
-       << ", \"compute\": " << e.compute * scale << "}}";
+       << ", \"step\": " << e.step << ", \"compute\": " << e.compute * scale << "}}";
     first = false;
   }
   os << "\n], \"displayTimeUnit\": \"ms\"}\n";

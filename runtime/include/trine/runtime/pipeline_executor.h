@@ -23,7 +23,9 @@
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
 #include "trine/schedules/instruction.h"
+#include "trine/schedules/schedule_simulator.h"
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <optional>
@@ -124,6 +126,13 @@ class PipelineExecutor {
   // Puts the buffers back as they were before this step (a skipped step).
   void undo_buffer_updates();
   const StepTimings& timings() const { return timings_; }
+  // Timeline of real steps (logging.trace): from start_tracing on, every
+  // instruction run is recorded (rank = this pipeline rank, times in seconds
+  // from `origin`, `step` counting the traced steps from 0) until
+  // stop_tracing; take_timeline hands the records over.
+  void start_tracing(std::chrono::steady_clock::time_point origin);
+  void stop_tracing() { tracing_ = false; }
+  std::vector<TimelineEvent> take_timeline() { return std::move(timeline_); }
   // With a memory budget: 0 while this step has kept it, else the least
   // budget that it would have (MemoryManager::needed_bytes).
   int64_t memory_needed_bytes() const { return memory_ ? memory_->needed_bytes() : 0; }
@@ -147,6 +156,8 @@ class PipelineExecutor {
   void reduce_grads();
   void sum_tied_gradients();
   void manage_memory();  // one MemoryManager for every chunk's saved tensors
+  void record(const Instruction& ins, std::chrono::steady_clock::time_point t0,
+              std::chrono::steady_clock::time_point t1);
 
   std::vector<StageProgram> stages_;
   int rank_, ranks_;
@@ -165,6 +176,10 @@ class PipelineExecutor {
   int last_backward_ = -1;  // instruction index of the step's final backward
   torch::Tensor loss_sum_;
   StepTimings timings_;
+  bool tracing_ = false;
+  std::chrono::steady_clock::time_point trace_origin_;
+  int traced_steps_ = 0;
+  std::vector<TimelineEvent> timeline_;
 };
 
 }  // namespace trine

@@ -78,6 +78,8 @@ struct TrainConfig {
   int64_t max_skipped_steps = 5;  // steps in a row with a non-finite loss or gradient norm before training stops
   int64_t log_every = 10;         // progress line on rank 0 every N steps (0: never)
   bool measure_memory = false;    // logging.memory: each step's peak allocated bytes (StepTimings::peak_bytes)
+  std::string trace_file;         // logging.trace: every rank's instructions of the first trace_steps steps,
+  int64_t trace_steps = 2;        //   one Chrome/Perfetto trace written by rank 0; empty: no trace
   std::string checkpoint_dir;     // where fit() saves parameters; empty: nowhere
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
 

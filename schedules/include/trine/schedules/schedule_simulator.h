@@ -61,6 +61,7 @@ struct TimelineEvent {
   std::string name;        // to_string of the instruction
   double start = 0, end = 0;
   double compute = 0;      // of which computing (the rest waited on peers)
+  int step = 0;            // which training step (real runs trace several)
 };
 
 struct SimulationReport {
@@ -78,7 +79,9 @@ SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& 
                                    const SimulationOptions& options = {});
 
 // {"traceEvents": [...]} for chrome://tracing and ui.perfetto.dev: one
-// process per rank, times in microseconds from `scale` (1e6 for seconds).
-std::string chrome_trace(const std::vector<TimelineEvent>& timeline, double scale = 1e6);
+// process per rank (named `rank_names[rank]` when given), times in
+// microseconds from `scale` (1e6 for seconds).
+std::string chrome_trace(const std::vector<TimelineEvent>& timeline, double scale = 1e6,
+                         const std::vector<std::string>& rank_names = {});
 
 }  // namespace trine
