@@ -20,6 +20,8 @@
 #include "bench_timing.h"
 
 #include "trine/examples/example_tasks.h"
+#include "trine/common/files.h"
+#include "trine/runtime/step_prediction.h"
 #include "trine/runtime/trainer.h"
 
 #include <CLI/CLI.hpp>
@@ -41,6 +43,10 @@ struct Args {
   int64_t layers = 8, hidden = 128, seq = 64, global_batch = 64;
   RecomputeSettings recompute;
   bool per_rank = false;  // every rank prints its line (set by --recompute)
+  bool predict = false;   // rank 0 also profiles the plan's stages and simulates the step
+  bool emulate = false;   // compute sleeps for rank 0's profile of each stage; communication real
+  std::string machine;    // --predict: a host description (JSON); default MachineDescription::this_host()
+  std::string trace;      // logging.trace of the measured steps (with the warm-up ones)
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -70,6 +76,10 @@ TrainConfig config_of(const Args& a) {
   c.partition.profile = true;  // balance stages on measured layer times
   c.recompute = a.recompute;
   c.measure_memory = a.per_rank;
+  c.trace_file = a.trace;
+  c.emulate.on = a.emulate;
+  if (a.emulate) c.emulate.write_times = "bench-emulate-times.json";
+  c.trace_steps = a.warmup + a.steps;
   return c;
 }
 
@@ -87,6 +97,12 @@ int main(int argc, char** argv) try {
   app.add_option("--virtual-stages", a.virtual_stages);
   bool per_rank = false;
   app.add_flag("--per-rank", per_rank, "every rank prints its JSON line");
+  app.add_flag("--emulate", a.emulate, "compute instructions sleep for rank 0's profile of each stage (after a "
+                                       "first real step); transfers and all-reduces are real");
+  app.add_option("--machine", a.machine, "--predict: this host's description (JSON, e.g. from calibrate_host.sh)");
+  app.add_option("--trace", a.trace, "write every rank's instructions of every step to this Chrome trace");
+  app.add_flag("--predict", a.predict, "rank 0 then profiles the stages here and simulates the step "
+                                       "(predicted_step_s)");
   app.add_option("--dp", a.dp);
   app.add_option("--microbatches", a.microbatches);
   app.add_option("--steps", a.steps);
@@ -133,6 +149,37 @@ int main(int argc, char** argv) try {
                 {"tp", a.tp}, {"sub_microbatches", a.sub_microbatches}, {"tensor_parallel_s", sum.tensor_parallel_s},
                 {"ranks", trainer.world_size()}, {"step_s", step_s}, {"samples_per_s", a.global_batch / step_s},
                 {"communicate_s", sum.communicate_s}});
+    if (a.predict && trainer.rank() == 0) {
+      SampleBatch mb = model.batch(0);
+      const int64_t rows = a.global_batch / (a.dp * a.microbatches);
+      for (auto* list : {&mb.inputs, &mb.targets})
+        for (auto& t : *list) t = t.slice(0, 0, rows);
+      ProfileSettings ps;
+      ps.tp = a.tp;
+      MachineDescription machine =
+          a.machine.empty() ? MachineDescription::this_host()
+                            : MachineDescription::from_json(nlohmann::json::parse(read_file(a.machine)), a.machine);
+      std::vector<StageWork> work;
+      if (a.emulate) {
+        // The emulation's own times; sleeping ranks do not share cores.
+        work = work_of_times(stage_times_from_json(nlohmann::json::parse(read_file("bench-emulate-times.json")),
+                                                   "bench-emulate-times.json"),
+                             trainer.plan(), a.tp);
+        machine.cores = 0;
+        machine.shared_speed.clear();
+      } else {
+        work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(),
+                                  mb, ps);
+      }
+      Layout layout{a.dp, a.pp, a.tp, a.virtual_stages, a.microbatches, a.schedule};
+      const SimulationReport r = simulate_layout(work, layout, machine);
+      out.update({{"predicted_step_s", r.makespan}, {"predicted_bubble", r.bubble}});
+      for (size_t s = 0; s < work.size(); ++s)
+        std::fprintf(stderr, "profile stage %zu: forward %.2f ms, backward %.2f ms, recompute %.2f ms, optimizer %.2f ms\n",
+                     s, 1e3 * work[s].forward_s, 1e3 * work[s].backward_s, 1e3 * work[s].recompute_s,
+                     1e3 * work[s].optimizer_s);
+      if (!a.trace.empty()) write_file_atomically(a.trace + ".simulated.json", chrome_trace(r.timeline));
+    }
     if (a.per_rank) {
       out.update({{"rank", trainer.rank()}, {"stage", trainer.stage()}, {"recompute", a.recompute.policy},
                   {"recompute_ratio", a.recompute.ratio}, {"recompute_s", sum.recompute_s},

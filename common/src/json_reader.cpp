@@ -66,6 +66,10 @@ template <>
 std::vector<int> convert(const nlohmann::json& j, const std::string& where) {
   return convert_list<int>(j, where, "a list of integers");
 }
+template <>
+std::vector<double> convert(const nlohmann::json& j, const std::string& where) {
+  return convert_list<double>(j, where, "a list of numbers");
+}
 
 }  // namespace
 
@@ -130,6 +134,7 @@ template double JsonObjectReader::get(const std::string&, const double&);
 template std::string JsonObjectReader::get(const std::string&, const std::string&);
 template std::vector<std::string> JsonObjectReader::get(const std::string&, const std::vector<std::string>&);
 template std::vector<int64_t> JsonObjectReader::get(const std::string&, const std::vector<int64_t>&);
+template std::vector<double> JsonObjectReader::get(const std::string&, const std::vector<double>&);
 template int64_t JsonObjectReader::required(const std::string&);
 template std::vector<int64_t> JsonObjectReader::required(const std::string&);
 template int JsonObjectReader::required(const std::string&);

@@ -12,8 +12,8 @@
 #include "commands.h"
 
 #include "trine/common/files.h"
-#include "trine/common/json_reader.h"
 #include "trine/recompute/stage_aware_ratios.h"
+#include "trine/runtime/step_prediction.h"
 #include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_simulator.h"
 
@@ -54,24 +54,9 @@ std::vector<StageTimes> unit_times(const SimulateArgs& a) {
 }
 
 std::vector<StageTimes> times_from_file(const std::string& path, int stages) {
-  JsonObjectReader root(nlohmann::json::parse(read_file(path)), path);
-  std::vector<JsonObjectReader> list = root.objects("stages");
-  TORCH_CHECK(static_cast<int>(list.size()) == stages, path, ": \"stages\" lists ", list.size(), " stages, need ",
+  std::vector<StageTimes> times = stage_times_from_json(nlohmann::json::parse(read_file(path)), path);
+  TORCH_CHECK(static_cast<int>(times.size()) == stages, path, ": \"stages\" lists ", times.size(), " stages, need ",
               stages, " (--stages x --virtual-stages)");
-  std::vector<StageTimes> times;
-  for (JsonObjectReader& r : list) {
-    StageTimes t;
-    t.forward = r.required<double>("forward");
-    t.backward = r.required<double>("backward");
-    t.recompute = r.get<double>("recompute", 0);
-    t.activation_transfer = r.get<double>("activation_transfer", 0);
-    t.gradient_transfer = r.get<double>("gradient_transfer", 0);
-    t.reduce = r.get<double>("reduce", 0);
-    t.optimizer = r.get<double>("optimizer", 0);
-    r.finish();
-    times.push_back(t);
-  }
-  root.finish();
   return times;
 }
 
@@ -125,7 +110,7 @@ int run_simulate(const SimulateArgs& a) {
   const std::vector<StageTimes> times = a.unit ? unit_times(a) : times_from_file(a.times_file, stages);
   SimulationOptions options;
   options.mode = a.buffered ? SendMode::Buffered : SendMode::Blocking;
-  options.cores = a.cores;
+  if (a.cores > 0) options.speed = shared_cores_speed(a.cores, a.stages);
   const auto program = pipeline_schedule(a.schedule, a.stages, a.microbatches, a.virtual_stages);
   const SimulationReport r = simulate_schedule(program, a.microbatches, StageTopology::chain(stages), times, options);
 

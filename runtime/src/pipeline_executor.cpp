@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <thread>
+
+#include <sys/prctl.h>
 
 namespace trine {
 
@@ -69,6 +72,11 @@ struct PipelineExecutor::Chunk {
   std::vector<std::pair<std::optional<std::vector<int64_t>>, c10::ScalarType>> input_shapes;
   std::map<int, std::unique_ptr<Microbatch>> live;
   std::unique_ptr<BufferSync> buffers;  // in-place buffer updates, combined across replicas
+  // Emulation: the first step's outputs and input gradients (stand-ins sent
+  // in their place later), and per microbatch whether its forward was F*.
+  std::vector<torch::Tensor> output_shapes;
+  std::map<int, torch::Tensor> input_grad_shapes;
+  std::map<int, bool> checkpointed, recomputed;
 
   Microbatch& state_of(int mb) {
     auto& s = live[mb];
@@ -250,7 +258,10 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     switch (ins.op) {
       case Instruction::Op::Forward:
       case Instruction::Op::ForwardCheckpoint:
-        forward(ins, batch, first_microbatch, ins.op == Instruction::Op::ForwardCheckpoint);
+        if (emulating_)
+          emulate_compute(ins);
+        else
+          forward(ins, batch, first_microbatch, ins.op == Instruction::Op::ForwardCheckpoint);
         account = &timings_.forward_s;
         break;
       case Instruction::Op::Recompute:
@@ -260,7 +271,10 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
       case Instruction::Op::Backward: {
         if (static_cast<int>(i) == last_backward_) buckets_->arm(chunk(ins.chunk).execution->sub_microbatches());
         const double recomputed_before = recompute_seconds();
-        backward(ins);
+        if (emulating_)
+          emulate_compute(ins);
+        else
+          backward(ins);
         const double inline_recompute = recompute_seconds() - recomputed_before;
         timings_.recompute_s += inline_recompute;
         timings_.backward_s -= inline_recompute;
@@ -276,6 +290,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         account = &timings_.reduce_s;
         break;
       case Instruction::Op::OptimizerStep:
+        if (emulating_) emulate_compute(ins);
         optimizer_step();
         account = &timings_.optimizer_s;
         break;
@@ -285,6 +300,12 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
     if (tracing_) record(ins, t0, t1);
   }
   if (tracing_) ++traced_steps_;
+  if (!options_.emulate.empty() && !emulating_) {
+    emulating_ = true;
+    // Sleeps end within microseconds of their time, not the default 50 us
+    // timer slack later: the emulated compute is what it says.
+    ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+  }
   for (const auto& c : chunks_)
     TORCH_INTERNAL_ASSERT(c->live.empty(), "microbatches left in flight on stage ", c->stage, " after the step");
   TORCH_INTERNAL_ASSERT(local_.empty(), "transfers between this rank's stages left unreceived after the step");
@@ -307,6 +328,7 @@ void PipelineExecutor::forward(const Instruction& ins, const SampleBatch& batch,
       c.execution->forward(std::move(state.received), batch, {mb, microbatches_}, rng, !checkpoint);
   if (auto loss = c.execution->loss(state.activations); loss.defined())
     loss_sum_ += loss.detach().to(torch::kFloat64);
+  if (!options_.emulate.empty()) remember_shapes(ins);
 }
 
 void PipelineExecutor::backward(const Instruction& ins) {
@@ -318,8 +340,71 @@ void PipelineExecutor::backward(const Instruction& ins) {
   state.input_grads =
       c.execution->backward(std::move(state.activations), state.output_grads, 1.0 / microbatches_);
   state.output_grads.clear();
+  if (!options_.emulate.empty()) remember_shapes(ins);
   // A stage that receives nothing sends no gradients back: the microbatch ends here.
   if (c.recv_from.empty()) c.live.erase(it);
+}
+
+// Stand-ins of the first step's tensors: zeros of their shapes, made once,
+// requiring grad where the originals did (so that the same gradients flow).
+void PipelineExecutor::remember_shapes(const Instruction& ins) {
+  Chunk& c = chunk(ins.chunk);
+  const Microbatch& state = c.state_of(ins.microbatch);
+  auto stand_in = [](const torch::Tensor& t) {
+    if (!t.defined()) return torch::Tensor();
+    auto z = torch::zeros(t.sizes(), t.options().requires_grad(false));
+    return t.requires_grad() ? z.requires_grad_(true) : z;
+  };
+  if (is_forward(ins.op) && c.output_shapes.empty())
+    for (const auto& out : state.activations.outputs) c.output_shapes.push_back(stand_in(out));
+  if (ins.op == Instruction::Op::Backward && c.input_grad_shapes.empty())
+    for (const auto& [pos, g] : state.input_grads) c.input_grad_shapes[pos] = stand_in(g).detach();
+}
+
+// Sleeps for the instruction's compute (ExecutorOptions::emulate) and leaves
+// what it would have: a forward's outputs, a backward's input gradients.
+void PipelineExecutor::emulate_compute(const Instruction& ins) {
+  auto sleep = [](double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); };
+  if (ins.op == Instruction::Op::OptimizerStep) {
+    double seconds = 0;
+    for (const auto& k : chunks_) seconds += options_.emulate.at(k->stage).optimizer;
+    return sleep(seconds);
+  }
+  const StageTimes& t = options_.emulate.at(stage_of_chunk(ins.chunk, rank_, ranks_));
+  Chunk& c = chunk(ins.chunk);
+  const int mb = ins.microbatch;
+  const double redo = c.recomputed[mb] ? 0 : c.checkpointed[mb] ? t.forward : t.recompute;
+  double seconds = 0;
+  switch (ins.op) {
+    case Instruction::Op::Forward:
+    case Instruction::Op::ForwardCheckpoint: {
+      seconds = t.forward;
+      c.checkpointed[mb] = ins.op == Instruction::Op::ForwardCheckpoint;
+      c.recomputed[mb] = false;
+      Microbatch& state = c.state_of(mb);
+      state.received.clear();
+      state.activations = StageActivations{};
+      state.activations.outputs = c.output_shapes;
+      break;
+    }
+    case Instruction::Op::Recompute:
+      seconds = redo;
+      c.recomputed[mb] = true;
+      break;
+    case Instruction::Op::Backward: {
+      seconds = t.backward + redo;
+      auto it = c.live.find(mb);
+      TORCH_INTERNAL_ASSERT(it != c.live.end(), "backward of microbatch ", mb, " that was not forwarded");
+      it->second->activations = StageActivations{};
+      it->second->output_grads.clear();
+      it->second->input_grads = c.input_grad_shapes;
+      if (c.recv_from.empty()) c.live.erase(it);
+      break;
+    }
+    default:
+      TORCH_INTERNAL_ASSERT(false, "only compute instructions are emulated");
+  }
+  sleep(seconds);
 }
 
 void PipelineExecutor::communicate(const Instruction& ins) { finish_transfers(post_transfers(ins.transfers)); }
@@ -329,7 +414,10 @@ void PipelineExecutor::recompute(const Instruction& ins) {
   Chunk& c = chunk(ins.chunk);
   auto it = c.live.find(ins.microbatch);
   TORCH_INTERNAL_ASSERT(it != c.live.end(), "recompute of microbatch ", ins.microbatch, " that was not forwarded");
-  c.execution->recompute(it->second->activations);  // only what its forward dropped
+  if (emulating_)
+    emulate_compute(ins);
+  else
+    c.execution->recompute(it->second->activations);  // only what its forward dropped
   finish_transfers(std::move(posted));
 }
 

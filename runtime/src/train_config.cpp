@@ -93,6 +93,13 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     c.trace_steps = l.get("trace_steps", c.trace_steps);
     l.finish();
   }
+  if (r.has("emulate")) {
+    auto e = r.object("emulate");
+    c.emulate.on = true;
+    c.emulate.times_file = e.get("times", c.emulate.times_file);
+    c.emulate.write_times = e.get("write_times", c.emulate.write_times);
+    e.finish();
+  }
   {
     auto k = r.object("checkpoint");
     c.checkpoint_dir = k.get("dir", c.checkpoint_dir);

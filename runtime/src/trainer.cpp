@@ -1,6 +1,7 @@
 #include "trine/runtime/trainer.h"
 
 #include "step_trace.h"
+#include "trine/runtime/step_prediction.h"
 
 #include "trine/common/files.h"
 #include "trine/frontend/proxy_graph.h"
@@ -156,6 +157,12 @@ struct Trainer::Impl {
   void check_memory_budget();
   // logging.trace: gathers the traced steps' timelines on rank 0 and writes them.
   void write_trace();
+  // config.emulate: rank 0 reads or profiles every stage's compute times and
+  // publishes them (or its error) through the store; every rank keeps them.
+  void agree_on_emulation(c10d::Store& store, const std::vector<StageProgram>& stages, const SampleBatch& first);
+  std::vector<StageTimes> emulation_times_on_rank_0(const std::vector<StageProgram>& stages,
+                                                    const SampleBatch& first) const;
+  std::vector<StageTimes> emulate_times;
 
   // The construction steps, in the order Trainer::init runs them.
   void split_batch(const SampleBatch& sample);
@@ -472,6 +479,7 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
                                    c10::Device device) {
   ExecutorOptions eo;
   eo.seed = config.seed;
+  eo.emulate = emulate_times;
   const int p = config.parallel.pp, v = plan->pipeline.virtual_stages;
   const auto recompute = recompute_plan(stages);
   for (int c = 0; c < v; ++c) {
@@ -537,10 +545,55 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   m.shard_stages(stages);
   m.cut_parts(stages);
   prove_schedule(config, *m.plan, stages, device);
+  m.agree_on_emulation(*store, stages, first);
   m.build_executor(std::move(stages), groups, device);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
   m.trace_origin = std::chrono::steady_clock::now();
+}
+
+std::vector<StageTimes> Trainer::Impl::emulation_times_on_rank_0(const std::vector<StageProgram>& stages,
+                                                                const SampleBatch& first) const {
+  const std::string& file = config.emulate.times_file;
+  std::vector<StageTimes> times;
+  if (!file.empty()) {
+    times = stage_times_from_json(nlohmann::json::parse(read_file(file)), "config.emulate.times '" + file + "'");
+  } else {
+    ProfileSettings settings;
+    settings.tp = config.parallel.tp;
+    const auto work = profile_stage_work(traced, proxy, *plan, recompute_plan(stages), first, settings);
+    const Layout layout{config.parallel.dp, config.parallel.pp, config.parallel.tp, plan->pipeline.virtual_stages,
+                        split.microbatches, config.schedule};
+    times = stage_times(work, layout, MachineDescription::this_host());
+    // Communication stays real: only compute is emulated.
+    for (auto& t : times) t.activation_transfer = t.gradient_transfer = t.reduce = 0;
+  }
+  TORCH_CHECK(static_cast<int>(times.size()) == plan->num_stages(), "config.emulate.times '", file, "' has times for ",
+              times.size(), " stages; the plan has ", plan->num_stages(),
+              ": write them for this layout (emulate.write_times)");
+  if (!config.emulate.write_times.empty())
+    write_file_atomically(config.emulate.write_times, stage_times_to_json(times).dump(2) + "\n");
+  return times;
+}
+
+void Trainer::Impl::agree_on_emulation(c10d::Store& store, const std::vector<StageProgram>& stages,
+                                       const SampleBatch& first) {
+  if (!config.emulate.on) return;
+  if (rank == 0) {
+    std::string published;
+    try {
+      published = "times:" + stage_times_to_json(emulation_times_on_rank_0(stages, first)).dump();
+    } catch (const c10::Error& e) {
+      published = std::string("error:") + e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      published = std::string("error:") + e.what();
+    }
+    store.set("emulate", std::vector<uint8_t>(published.begin(), published.end()));
+  }
+  const auto bytes = store.get("emulate");
+  const std::string text(bytes.begin(), bytes.end());
+  TORCH_CHECK(text.rfind("times:", 0) == 0, "emulation failed on rank 0: ", text.substr(6));
+  emulate_times = stage_times_from_json(nlohmann::json::parse(text.substr(6)), "emulation times");
 }
 
 void Trainer::Impl::write_trace() {
@@ -712,6 +765,16 @@ void Trainer::save_checkpoint(const std::string& dir) const {
     const std::string tp_part = m.config.parallel.tp > 1 ? "-tp" + std::to_string(m.tp_rank) : "";
     write_file_atomically(dir + "/stage-" + std::to_string(stage) + tp_part + ".pt", bytes.str());
   }
+}
+
+const ProxyGraph& Trainer::proxy() const { return impl_->proxy; }
+
+std::vector<StageRecompute> Trainer::recompute_plan() const {
+  const Impl& m = *impl_;
+  std::vector<StageProgram> stages(m.plan->num_stages());
+  const std::vector<int> stage_of_layer = m.plan->stage_of_layer(m.proxy);
+  for (size_t l = 0; l < stage_of_layer.size(); ++l) stages[stage_of_layer[l]].layers.push_back(static_cast<int>(l));
+  return m.recompute_plan(stages);
 }
 
 int Trainer::rank() const { return impl_->rank; }

@@ -37,6 +37,7 @@ struct RankClock {
   double computed = 0;   // compute time of the current instruction
   double wait_until = -1;  // ReduceGrads: its end; -1 none
   std::vector<Wire> wires;  // posted, not yet complete
+  bool post_pending = false;  // a Communicate posts its transfers once its overhead is spent
   double final_backward_start = 0;
   int backwards_left = 0;  // in the whole step, all chunks
   double busy = 0;
@@ -125,10 +126,17 @@ void TimedPlay::start(int r) {
     case Op::Backward:
       if (ins.op == Op::Backward && --c.backwards_left == 0) c.final_backward_start = now_;
       if (ins.op == Op::Recompute) post(r, ins.transfers);
-      c.remaining = c.computed = compute_time(r, ins);
+      c.computed = compute_time(r, ins);
+      c.remaining = c.computed + options_.instruction_overhead;
       c.phase = RankClock::Phase::Computing;
       return;
     case Op::Communicate:
+      if (options_.instruction_overhead > 0) {
+        c.remaining = options_.instruction_overhead;
+        c.post_pending = true;
+        c.phase = RankClock::Phase::Computing;
+        return;
+      }
       post(r, ins.transfers);
       c.phase = RankClock::Phase::Waiting;
       return;
@@ -186,10 +194,11 @@ double TimedPlay::wires_done(const RankClock& c) const {
 }
 
 double TimedPlay::rate() const {
-  if (options_.cores <= 0) return 1;
+  const auto& speed = options_.speed;
+  if (speed.empty()) return 1;
   int computing = 0;
   for (const auto& c : clocks_) computing += c.phase == RankClock::Phase::Computing;
-  return computing > options_.cores ? options_.cores / computing : 1;
+  return speed[std::min<size_t>(std::max(computing, 1), speed.size()) - 1];
 }
 
 void TimedPlay::finish(int r) {
@@ -214,6 +223,8 @@ void TimedPlay::sync_and_step() {
     RankClock& c = clocks_[r];
     double optimizer = 0;
     for (int chunk = 0; chunk < chunks_; ++chunk) optimizer += times_[stage_of(r, chunk)].optimizer;
+    // Every rank steps at once.
+    optimizer /= options_.speed.empty() ? 1.0 : options_.speed[std::min<size_t>(ranks_, options_.speed.size()) - 1];
     if (options_.step_sync > 0) timeline_.push_back({r, -1, 'S', "sync", now_, synced, 0});
     timeline_.push_back({r, -1, 'O', "step", synced, synced + optimizer, optimizer});
     c.busy += optimizer;
@@ -241,6 +252,11 @@ SimulationReport TimedPlay::run() {
         if (c.phase == RankClock::Phase::Computing && c.remaining <= eps) {
           c.remaining = 0;
           c.phase = RankClock::Phase::Waiting;
+          if (c.post_pending) {
+            c.post_pending = false;
+            post(r, current(r).transfers);
+            match();
+          }
           changed = true;
         }
         if (c.phase == RankClock::Phase::Waiting && c.wait_until <= now_ + eps && wires_done(c) <= now_ + eps) {
@@ -293,9 +309,20 @@ std::string escape_json(const std::string& s) {
 
 }  // namespace
 
+std::vector<double> shared_cores_speed(double cores, int ranks) {
+  TORCH_CHECK(cores > 0 && ranks >= 1, "shared cores need cores > 0 and ranks >= 1");
+  std::vector<double> speed;
+  for (int k = 1; k <= ranks; ++k) speed.push_back(std::min(1.0, cores / k));
+  return speed;
+}
+
 SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& program, int microbatches,
                                    const StageTopology& topology, const std::vector<StageTimes>& times,
                                    const SimulationOptions& options) {
+  TORCH_CHECK(options.speed.empty() || static_cast<int>(options.speed.size()) >= static_cast<int>(program.size()),
+              "the speed table has ", options.speed.size(), " entries; give one per number of ranks computing at "
+              "once (", program.size(), ")");
+  for (double v : options.speed) TORCH_CHECK(std::isfinite(v) && v > 0, "every speed must be finite and > 0");
   TORCH_CHECK(static_cast<int>(times.size()) == topology.stages(), "stage times for ", times.size(),
               " stages, the topology has ", topology.stages());
   for (size_t s = 0; s < times.size(); ++s) {
@@ -304,6 +331,9 @@ SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& 
                      t.optimizer})
       TORCH_CHECK(std::isfinite(v) && v >= 0, "stage ", s, ": every time must be finite and >= 0");
   }
+  TORCH_CHECK(std::isfinite(options.instruction_overhead) && options.instruction_overhead >= 0 &&
+                  std::isfinite(options.step_sync) && options.step_sync >= 0,
+              "instruction_overhead and step_sync must be finite and >= 0");
   ScheduleReport memory = check_schedule(program, microbatches, topology, options.mode, options.memory);
   SimulationReport report = TimedPlay(program, microbatches, topology, times, options).run();
   report.memory = std::move(memory);

@@ -92,11 +92,11 @@ TEST(ScheduleSimulator, TransfersCostTheirTimeBlockingOrBuffered) {
 TEST(ScheduleSimulator, RanksSharingCoresSlowDownWhileTheyComputeTogether) {
   // GPipe p = 2, m = 2 on one core: one core is always busy, 12 units of work.
   SimulationOptions o;
-  o.cores = 1;
+  o.speed = shared_cores_speed(1, 2);
   const auto r = simulate_schedule(pipeline_schedule("gpipe", 2, 2), 2, StageTopology::chain(2),
                                    unit_times(2, false, false), o);
   EXPECT_DOUBLE_EQ(r.makespan, 12);
-  o.cores = 2;
+  o.speed = shared_cores_speed(2, 2);
   EXPECT_DOUBLE_EQ(simulate_schedule(pipeline_schedule("gpipe", 2, 2), 2, StageTopology::chain(2),
                                      unit_times(2, false, false), o)
                        .makespan,

@@ -20,7 +20,7 @@ class JsonObjectReader {
 
   bool has(const std::string& key) const;
   // The value at `key` (or `fallback` when absent), which must have T's type:
-  // bool, int64_t, int, double (integers accepted), std::string, or a vector of strings, ints or int64_ts.
+  // bool, int64_t, int, double (integers accepted), std::string, or a vector of strings, ints, int64_ts or doubles.
   template <class T>
   T get(const std::string& key, const T& fallback);
   template <class T>

@@ -85,6 +85,15 @@ struct ExecutorOptions {
   // A budget for the saved activations of all this rank's stages (one
   // memory manager, recompute/memory_manager.h); bytes 0: none.
   MemoryBudget memory;
+  // Emulation (docs/design.md §6a): per plan stage, how long its compute
+  // takes. The first step runs for real (it shows what each stage sends and
+  // which gradients come back); from the second on, every F, F*, R and
+  // backward sleeps for its time (F: forward; R: forward after F*, else
+  // recompute; a backward: backward plus whatever is still dropped) and the
+  // optimizer step for `optimizer` before the trainer's own (which then has
+  // no gradients), while every transfer and gradient all-reduce is real, of
+  // the first step's shapes. Empty: off.
+  std::vector<StageTimes> emulate;
 };
 
 class PipelineExecutor {
@@ -158,6 +167,9 @@ class PipelineExecutor {
   void manage_memory();  // one MemoryManager for every chunk's saved tensors
   void record(const Instruction& ins, std::chrono::steady_clock::time_point t0,
               std::chrono::steady_clock::time_point t1);
+  // Emulation: what the first step showed, and the sleeps standing for compute.
+  void remember_shapes(const Instruction& ins);
+  void emulate_compute(const Instruction& ins);
 
   std::vector<StageProgram> stages_;
   int rank_, ranks_;
@@ -180,6 +192,7 @@ class PipelineExecutor {
   std::chrono::steady_clock::time_point trace_origin_;
   int traced_steps_ = 0;
   std::vector<TimelineEvent> timeline_;
+  bool emulating_ = false;  // options_.emulate given and the first step done
 };
 
 }  // namespace trine

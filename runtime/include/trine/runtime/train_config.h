@@ -56,6 +56,16 @@ struct LrScheduleConfig {
   int64_t total_steps = 0;      // where cosine reaches min_lr; 0: the run's steps
 };
 
+// Emulation (`emulate`): compute sleeps for each stage's time while
+// communication is real (ExecutorOptions::emulate), to run many ranks
+// honestly on few cores. The times come from `times` (a stage-times file,
+// runtime/step_prediction.h), else rank 0 profiles the plan's stages here;
+// `write_times` saves them for `trine simulate --times`.
+struct EmulateConfig {
+  bool on = false;
+  std::string times_file, write_times;
+};
+
 struct TrainConfig {
   ParallelConfig parallel;
   TensorParallelConfig tensor_parallel;
@@ -70,6 +80,7 @@ struct TrainConfig {
   // Saved activations per rank under a budget, swapped or dropped and made
   // again (recompute/memory_manager.h); bytes 0: no budget.
   MemoryBudget memory;
+  EmulateConfig emulate;
   int64_t steps = 100;
   uint64_t seed = 0;              // dropout masks and planning
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)

@@ -64,8 +64,13 @@ class Trainer {
   int64_t skipped_steps() const;
   bool last_step_skipped() const;
   const StagePlan& plan() const;
-  // The model as traced on a microbatch of the sample (every stage's source).
+  // The model as traced on a microbatch of the sample (every stage's source),
+  // and its proxy graph.
   const TracedModel& traced_model() const;
+  const ProxyGraph& proxy() const;
+  // Per plan stage, the layers it recomputes under config.recompute and the
+  // schedule (what every rank's executor was given for its stages).
+  std::vector<StageRecompute> recompute_plan() const;
   const TrainConfig& config() const;
   double forward_flops_per_sample() const;
   // Where this rank's last step went (compute, waiting on peers, sync, optimizer).

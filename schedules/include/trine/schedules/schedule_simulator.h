@@ -19,10 +19,12 @@
 //             backward ends if later;
 //   the step  after every rank's ReduceGrads, one world all-reduce
 //             (`step_sync`, the loss and gradient norm), then each rank's
-//             optimizer: the step ends when the slowest one has.
-// With `cores` > 0 the ranks share that many processor cores: k ranks
-// computing at once each run at min(1, cores / k) of their speed (waiting
-// costs nothing). 0: every rank has its own device.
+//             optimizer, all at once: the step ends when the slowest one has.
+// Ranks that share processors (CPU hosts) slow each other down: with
+// `speed`, a rank computes at speed[k - 1] of its own pace while k ranks
+// compute at once (waiting costs nothing); empty: every rank has its own
+// device. shared_cores_speed(cores, n) is the ideal table for n ranks on
+// `cores` cores, min(1, cores / k).
 // The play is validated by check_schedule first (matched transfers, no
 // deadlock, every microbatch forwarded and backwarded once); its memory
 // peaks come with the report.
@@ -48,8 +50,11 @@ struct StageTimes {
 
 struct SimulationOptions {
   SendMode mode = SendMode::Blocking;
-  double cores = 0;      // > 0: the ranks share this many cores
+  std::vector<double> speed;  // speed[k-1]: each computing rank's pace while k compute; empty: 1
   double step_sync = 0;  // the world all-reduce before the optimizer step
+  // What running one instruction costs its rank beyond its work (dispatch;
+  // for a Communicate, posting its transfers, which go out after it).
+  double instruction_overhead = 0;
   std::vector<ActivationCosts> memory;  // per stage, for the memory peaks (empty: unit)
 };
 
@@ -71,6 +76,8 @@ struct SimulationReport {
   std::vector<TimelineEvent> timeline;
   ScheduleReport memory;            // check_schedule's peaks
 };
+
+std::vector<double> shared_cores_speed(double cores, int ranks);
 
 // `program`: one list per pipeline rank (as check_schedule); `times`: one per
 // plan stage.

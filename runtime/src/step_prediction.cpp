@@ -1,0 +1,371 @@
+#include "trine/runtime/step_prediction.h"
+
+#include "trine/common/json_reader.h"
+#include "trine/frontend/sequential_staged_model.h"
+#include "trine/recompute/stage_aware_ratios.h"
+#include "trine/schedules/schedule_registry.h"
+
+#include <torch/optim/adamw.h>
+
+#include <algorithm>
+#include <cmath>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <thread>
+
+namespace trine {
+
+namespace {
+
+double median(std::vector<double> v) {
+  TORCH_INTERNAL_ASSERT(!v.empty());
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+Link read_link(JsonObjectReader r, const Link& fallback) {
+  Link l;
+  l.latency_s = r.get("latency_s", fallback.latency_s);
+  l.bytes_per_s = r.get("bytes_per_s", fallback.bytes_per_s);
+  r.finish();
+  TORCH_CHECK(l.latency_s >= 0 && l.bytes_per_s > 0, r.path(), ": latency_s must be >= 0 and bytes_per_s > 0");
+  return l;
+}
+
+// A group of `span` consecutive ranks (tp innermost, then dp, then pp) stays
+// within a node when it fits in one.
+const Link& link_for(int span, const MachineDescription& m) {
+  return span <= m.devices_per_node ? m.intra_node : m.inter_node;
+}
+
+}  // namespace
+
+MachineDescription MachineDescription::this_host() {
+  MachineDescription m;
+  m.name = "this host (Gloo over loopback)";
+  // bench_p2p (README, Benchmarks (c)): ~130 us per transfer, ~3 GB/s for large ones.
+  m.intra_node = m.inter_node = Link{130e-6, 3e9};
+  m.devices_per_node = 1 << 20;
+  m.buffered_sends = true;
+  // Emulated runs here (8 ranks, compute asleep): each F or backward took
+  // ~42 us beyond its sleep, posting a batch of sends ~72 us.
+  m.instruction_overhead_s = 50e-6;
+  m.cores = std::max(1u, std::thread::hardware_concurrency());
+  return m;
+}
+
+MachineDescription MachineDescription::from_json(const nlohmann::json& j, const std::string& where) {
+  JsonObjectReader r(j, where);
+  MachineDescription m;
+  m.name = r.get("name", m.name);
+  m.flops_per_second = r.get("flops_per_second", m.flops_per_second);
+  m.memory_bytes_per_second = r.get("memory_bytes_per_second", m.memory_bytes_per_second);
+  m.devices_per_node = r.get("devices_per_node", m.devices_per_node);
+  m.buffered_sends = r.get("buffered_sends", m.buffered_sends);
+  m.instruction_overhead_s = r.get("instruction_overhead_s", m.instruction_overhead_s);
+  m.cores = r.get("cores", m.cores);
+  m.shared_speed = r.get("shared_speed", m.shared_speed);
+  for (double v : m.shared_speed) TORCH_CHECK(v > 0 && v <= 1.5, where, ".shared_speed: every pace must be in (0, 1.5]");
+  m.intra_node = read_link(r.object("intra_node"), m.intra_node);
+  m.inter_node = read_link(r.object("inter_node"), m.inter_node);
+  r.finish();
+  TORCH_CHECK(m.devices_per_node >= 1 && m.cores >= 0 && m.flops_per_second >= 0 && m.memory_bytes_per_second >= 0,
+              where, ": devices_per_node must be >= 1 and rates and cores >= 0");
+  return m;
+}
+
+double MachineDescription::pace(int processes) const {
+  const int k = std::max(processes, 1);
+  if (!shared_speed.empty()) {
+    const int n = static_cast<int>(shared_speed.size());
+    return k <= n ? shared_speed[k - 1] : shared_speed.back() * n / k;
+  }
+  return cores > 0 ? std::min(1.0, cores / k) : 1.0;
+}
+
+MachineDescription MachineDescription::named(const std::string& name) {
+  MachineDescription m;
+  m.name = name;
+  m.devices_per_node = 8;
+  if (name == "a100") {
+    m.flops_per_second = 0.5 * 312e12;  // bf16 dense peak 312 TFLOP/s
+    m.memory_bytes_per_second = 1.6e12;
+    m.intra_node = {10e-6, 240e9};      // NVLink 3: 300 GB/s per direction
+    m.inter_node = {20e-6, 25e9};       // 4 x 200 Gb/s HDR per node of 8
+  } else if (name == "h100") {
+    m.flops_per_second = 0.5 * 989e12;  // bf16 dense peak 989 TFLOP/s
+    m.memory_bytes_per_second = 3.35e12;
+    m.intra_node = {8e-6, 360e9};       // NVLink 4: 450 GB/s per direction
+    m.inter_node = {15e-6, 50e9};       // 8 x 400 Gb/s NDR per node of 8
+  } else {
+    TORCH_CHECK(false, "no machine description named '", name, "': use a100 or h100, or give a JSON file");
+  }
+  return m;
+}
+
+double ring_allreduce_seconds(double bytes, int ranks, const Link& link) {
+  if (ranks <= 1) return 0;
+  const double n = ranks;
+  return 2 * (n - 1) * link.latency_s + 2 * (n - 1) / n * bytes / link.bytes_per_s;
+}
+
+std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const Layout& layout,
+                                    const MachineDescription& machine) {
+  const int stages = layout.pp * layout.virtual_stages;
+  TORCH_CHECK(static_cast<int>(work.size()) == stages, "work for ", work.size(), " stages, the layout has ", stages);
+  const bool last_keeps = find_schedule(layout.schedule).last_stage_keeps_everything;
+  const Link& tp_link = link_for(layout.tp, machine);
+  const Link& dp_link = link_for(layout.tp * layout.dp, machine);
+  const Link& pp_link = link_for(layout.tp * layout.dp * layout.pp, machine);
+  std::vector<StageTimes> times(stages);
+  for (int s = 0; s < stages; ++s) {
+    const StageWork& w = work[s];
+    const double tp_comm = w.tp_allreduces > 0 && layout.tp > 1
+                               ? w.tp_allreduces * ring_allreduce_seconds(w.tp_allreduce_bytes / w.tp_allreduces,
+                                                                          layout.tp, tp_link)
+                               : 0;
+    StageTimes& t = times[s];
+    t.forward = w.forward_s + tp_comm;
+    t.backward = w.backward_s + tp_comm;
+    const bool keeps = last_keeps && s == stages - 1;
+    t.recompute = keeps ? 0 : w.recompute_s + (w.forward_s > 0 ? tp_comm * std::min(1.0, w.recompute_s / w.forward_s) : 0);
+    t.activation_transfer = w.output_bytes > 0 ? pp_link.seconds(w.output_bytes) : 0;
+    t.gradient_transfer = w.input_bytes > 0 ? pp_link.seconds(w.input_bytes) : 0;
+    t.reduce = ring_allreduce_seconds(w.gradient_bytes, layout.dp, dp_link);
+    t.optimizer = w.optimizer_s;
+  }
+  return times;
+}
+
+SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layout& layout,
+                                 const MachineDescription& machine) {
+  SimulationOptions o;
+  // Gloo's sends complete once posted (CPU hosts); NCCL's at their receive.
+  const bool shared = machine.cores > 0 || !machine.shared_speed.empty();
+  o.mode = machine.buffered_sends ? SendMode::Buffered : SendMode::Blocking;
+  o.instruction_overhead = machine.instruction_overhead_s;
+  // Each simulated pipeline rank stands for its tp group, and the dp
+  // replicas run alongside it: k ranks computing are k·dp·tp processes.
+  if (shared)
+    for (int k = 1; k <= layout.pp; ++k) o.speed.push_back(machine.pace(k * layout.dp * layout.tp));
+  const int world = layout.dp * layout.pp * layout.tp;
+  o.step_sync = ring_allreduce_seconds(16, world, link_for(world, machine));
+  const auto program = pipeline_schedule(layout.schedule, layout.pp, layout.microbatches, layout.virtual_stages);
+  return simulate_schedule(program, layout.microbatches, StageTopology::chain(layout.pp * layout.virtual_stages),
+                           stage_times(work, layout, machine), o);
+}
+
+nlohmann::json stage_times_to_json(const std::vector<StageTimes>& times) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const StageTimes& t : times)
+    list.push_back({{"forward", t.forward}, {"backward", t.backward}, {"recompute", t.recompute},
+                    {"activation_transfer", t.activation_transfer}, {"gradient_transfer", t.gradient_transfer},
+                    {"reduce", t.reduce}, {"optimizer", t.optimizer}});
+  return {{"stages", list}};
+}
+
+std::vector<StageTimes> stage_times_from_json(const nlohmann::json& j, const std::string& where) {
+  JsonObjectReader root(j, where);
+  std::vector<StageTimes> times;
+  for (JsonObjectReader& r : root.objects("stages")) {
+    StageTimes t;
+    t.forward = r.required<double>("forward");
+    t.backward = r.required<double>("backward");
+    t.recompute = r.get<double>("recompute", 0);
+    t.activation_transfer = r.get<double>("activation_transfer", 0);
+    t.gradient_transfer = r.get<double>("gradient_transfer", 0);
+    t.reduce = r.get<double>("reduce", 0);
+    t.optimizer = r.get<double>("optimizer", 0);
+    r.finish();
+    for (double v : {t.forward, t.backward, t.recompute, t.activation_transfer, t.gradient_transfer, t.reduce,
+                     t.optimizer})
+      TORCH_CHECK(std::isfinite(v) && v >= 0, r.path(), ": every time must be a finite number of seconds >= 0");
+    times.push_back(t);
+  }
+  root.finish();
+  TORCH_CHECK(!times.empty(), where, ": \"stages\" lists no stage");
+  return times;
+}
+
+// ---- Measured here ----------------------------------------------------------
+
+namespace {
+
+struct PassTimes {
+  std::vector<std::vector<double>> forward, backward;  // stage -> repeats
+};
+
+PassTimes time_passes(SequentialStagedModel& staged, const SampleBatch& microbatch, const ProfileSettings& settings) {
+  const int n = staged.num_stages();
+  PassTimes t{std::vector<std::vector<double>>(n), std::vector<std::vector<double>>(n)};
+  const RngPolicy rng{RngPolicy::Mode::PerOp, 0, 0};
+  // Gradients accumulate from pass to pass, as over the microbatches of a
+  // step (a first backward only assigns them, later ones add).
+  staged.zero_grad();
+  for (int r = 0; r < settings.warmup + settings.repeats; ++r) {
+    StageMeasurements m;
+    staged.forward_backward(microbatch, rng, &m);
+    if (r < settings.warmup) continue;
+    for (int s = 0; s < n; ++s) {
+      t.forward[s].push_back(m.forward_s[s]);
+      t.backward[s].push_back(m.backward_s[s]);
+    }
+  }
+  return t;
+}
+
+// The stage's optimizer step as the trainer takes it: the squared gradient
+// norm, clipping, AdamW over its trainable parameters (with the gradients of
+// the last passes), median of `repeats`.
+double time_optimizer(SequentialStagedModel& staged, const ProxyGraph& proxy, int stage,
+                      const ProfileSettings& settings) {
+  std::vector<torch::Tensor> params;
+  for (int id : staged.stages()[stage].params) {
+    torch::Tensor p = staged.parameter(proxy.params[id].name, stage);
+    if (p.requires_grad() && p.grad().defined()) params.push_back(p);
+  }
+  if (params.empty()) return 0;
+  // Steps on copies: the profile leaves the staged model's weights alone.
+  std::vector<torch::Tensor> copies;
+  for (const auto& p : params) {
+    auto c = p.detach().clone().requires_grad_(true);
+    c.mutable_grad() = p.grad().clone();
+    copies.push_back(c);
+  }
+  torch::optim::AdamW adamw(copies, torch::optim::AdamWOptions(1e-3));
+  std::vector<double> seconds;
+  for (int r = 0; r < settings.warmup + settings.repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    {
+      torch::NoGradGuard no_grad;
+      auto sq = torch::zeros({}, torch::kFloat64);
+      for (const auto& c : copies) sq += c.grad().to(torch::kFloat64).pow(2).sum();
+      const double coef = 1.0 / (std::sqrt(sq.item<double>()) + 1e-6);
+      for (const auto& c : copies) c.grad().mul_(std::min(1.0, coef));
+    }
+    adamw.step();
+    if (r >= settings.warmup) seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(seconds);
+}
+
+double largest_peer_bytes(const std::vector<PlanTransfer>& transfers) {
+  std::map<int, double> per_peer;
+  for (const auto& t : transfers) per_peer[t.peer] += static_cast<double>(t.bytes);
+  double most = 0;
+  for (const auto& [peer, bytes] : per_peer) most = std::max(most, bytes);
+  return most;
+}
+
+}  // namespace
+
+std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
+                                          const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
+                                          const ProfileSettings& settings) {
+  TORCH_CHECK(settings.repeats >= 1 && settings.warmup >= 0 && settings.tp >= 1,
+              "profile needs repeats >= 1, warmup >= 0, tp >= 1");
+  const int n = plan.num_stages();
+  TORCH_CHECK(static_cast<int>(recompute.size()) == n, "recompute plan for ", recompute.size(), " stages, the plan has ", n);
+  const std::vector<int> stage_of_layer = plan.stage_of_layer(proxy);
+  SequentialStagedModel plain(model, proxy, stage_of_layer);
+  const PassTimes kept = time_passes(plain, microbatch, settings);
+  bool any_recompute = false;
+  for (const auto& r : recompute) any_recompute = any_recompute || !r.layer_segments.empty() || r.attention_cores;
+  std::optional<PassTimes> dropped;
+  if (any_recompute) {
+    SequentialStagedModel checkpointed(model, proxy, stage_of_layer);
+    for (int s = 0; s < n; ++s)
+      if (!recompute[s].layer_segments.empty() || recompute[s].attention_cores)
+        checkpointed.checkpoint_layers(s, recompute[s].layer_segments, recompute[s].attention_cores);
+    dropped = time_passes(checkpointed, microbatch, settings);
+  }
+  const double tp = settings.tp;
+  std::vector<StageWork> work(n);
+  for (int s = 0; s < n; ++s) {
+    StageWork& w = work[s];
+    const double backward = median(kept.backward[s]);
+    w.forward_s = (dropped ? median(dropped->forward[s]) : median(kept.forward[s])) / tp;
+    w.backward_s = backward / tp;
+    w.recompute_s = dropped ? std::max(0.0, median(dropped->backward[s]) - backward) / tp : 0;
+    w.output_bytes = largest_peer_bytes(plan.stages[s].sends) / tp;
+    w.input_bytes = largest_peer_bytes(plan.stages[s].receives) / tp;
+    w.gradient_bytes = static_cast<double>(plan.stages[s].param_bytes) / tp;
+    w.optimizer_s = time_optimizer(plain, proxy, s, settings) / tp;
+    if (s < static_cast<int>(settings.tp_allreduces_per_stage.size())) {
+      w.tp_allreduces = settings.tp_allreduces_per_stage[s].first;
+      w.tp_allreduce_bytes = settings.tp_allreduces_per_stage[s].second;
+    }
+  }
+  plain.zero_grad();
+  return work;
+}
+
+std::vector<StageWork> work_of_times(const std::vector<StageTimes>& times, const StagePlan& plan, int tp) {
+  TORCH_CHECK(static_cast<int>(times.size()) == plan.num_stages(), "times for ", times.size(),
+              " stages, the plan has ", plan.num_stages());
+  std::vector<StageWork> work(times.size());
+  for (size_t s = 0; s < times.size(); ++s) {
+    StageWork& w = work[s];
+    w.forward_s = times[s].forward;
+    w.backward_s = times[s].backward;
+    w.recompute_s = times[s].recompute;
+    w.optimizer_s = times[s].optimizer;
+    w.output_bytes = largest_peer_bytes(plan.stages[s].sends) / tp;
+    w.input_bytes = largest_peer_bytes(plan.stages[s].receives) / tp;
+    w.gradient_bytes = static_cast<double>(plan.stages[s].param_bytes) / tp;
+  }
+  return work;
+}
+
+// ---- Derived for a device ---------------------------------------------------
+
+int64_t GptShape::parameters() const {
+  return layers * (12 * hidden * hidden + 13 * hidden) + vocab * hidden + seq * hidden + 2 * hidden;
+}
+
+std::vector<StageWork> gpt_stage_work(const GptShape& gpt, int64_t microbatch_rows, const Layout& layout,
+                                      const MachineDescription& machine, const RecomputeSettings& recompute) {
+  TORCH_CHECK(machine.flops_per_second > 0 && machine.memory_bytes_per_second > 0, "machine '", machine.name,
+              "' needs flops_per_second and memory_bytes_per_second for analytic GPT costs");
+  const int n = layout.pp * layout.virtual_stages;
+  TORCH_CHECK(gpt.layers >= n, "a GPT of ", gpt.layers, " blocks cannot fill ", n, " stages");
+  const double b = static_cast<double>(microbatch_rows), s = static_cast<double>(gpt.seq),
+               h = static_cast<double>(gpt.hidden), v = static_cast<double>(gpt.vocab), tp = layout.tp;
+  const double block_flops = 24 * b * s * h * h + 4 * b * s * s * h;
+  const double head_flops = 2 * b * s * h * v;
+  const double block_params = 12 * h * h + 13 * h;
+  std::vector<double> share(n, 0);  // of the forward a plain F drops
+  if (recompute.policy == "full") {
+    std::fill(share.begin(), share.end(), 1.0);
+  } else if (recompute.policy == "stage_aware") {
+    share = stage_aware_ratios_for(peak_in_flight(layout.schedule, layout.pp, layout.microbatches, layout.virtual_stages),
+                                   recompute.ratio);
+  } else {
+    TORCH_CHECK(recompute.policy == "none", "analytic GPT costs know recompute none, full and stage_aware, not '",
+                recompute.policy, "'");
+  }
+  std::vector<StageWork> work(n);
+  for (int k = 0; k < n; ++k) {
+    const int64_t blocks = gpt.layers / n + (k < gpt.layers % n ? 1 : 0);
+    const bool first = k == 0, last = k == n - 1;
+    const double flops = blocks * block_flops + (last ? head_flops : 0);
+    double params = blocks * block_params + (first ? (v + s) * h : 0) + (last ? v * h + 2 * h : 0);
+    StageWork& w = work[k];
+    w.forward_s = flops / tp / machine.flops_per_second;
+    w.backward_s = 2 * w.forward_s;
+    w.recompute_s = share[k] * blocks * block_flops / tp / machine.flops_per_second;
+    w.output_bytes = last ? 0 : 2 * b * s * h;
+    w.input_bytes = first ? 0 : 2 * b * s * h;
+    w.gradient_bytes = 2 * params / tp;
+    w.tp_allreduces = static_cast<int>(2 * blocks + (first ? 1 : 0));
+    w.tp_allreduce_bytes = w.tp_allreduces * 2 * b * s * h;
+    // Mixed-precision AdamW streams ~32 bytes per parameter (fp32 master,
+    // two moments and gradient read; master, moments and bf16 copy written).
+    w.optimizer_s = 32 * params / tp / machine.memory_bytes_per_second;
+  }
+  return work;
+}
+
+}  // namespace trine
