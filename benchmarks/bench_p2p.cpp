@@ -1,6 +1,7 @@
 // Point-to-point latency and bandwidth of trine's c10d (Gloo) transfers
 // between two ranks, the way the executor uses them (header + data, with the
 // shape known in advance or not). Ping-pong: rank 0 sends, rank 1 sends back.
+// Then the time of an all-reduce (sum) between the two, per size.
 //
 //   mpirun -np 2 build/bin/bench_p2p [--iters N]
 #include "bench_timing.h"
@@ -51,13 +52,30 @@ int main(int argc, char** argv) try {
                       {"bandwidth_MBps", bytes / one_way / 1e6}});
     }
   }
+  // All-reduce (sum) of the same sizes: what a tp or dp group pays.
+  nlohmann::json allreduce = nlohmann::json::array();
+  for (int64_t bytes : {int64_t(4), int64_t(4) << 10, int64_t(128) << 10, int64_t(1) << 20, int64_t(16) << 20}) {
+    auto t = torch::ones({bytes / 4});
+    const int n = bytes >= (16 << 20) ? std::max(10, iters / 20) : iters;
+    for (int i = 0; i < 5; ++i) comm.allreduce_sum(t);
+    comm.barrier();
+    const double secs = bench::seconds([&] {
+      for (int i = 0; i < n; ++i) comm.allreduce_sum(t);
+    });
+    allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}});
+  }
   if (me == 0) {
     std::printf("%10s %12s %14s %16s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s");
     for (const auto& r : rows)
       std::printf("%10lld %12s %14.1f %16.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
                   r["shape_known"].get<bool>() ? "yes" : "no", r["one_way_us"].get<double>(),
                   r["bandwidth_MBps"].get<double>());
-    std::cout << "json: " << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}}.dump() << std::endl;
+    std::printf("%10s %14s\n", "bytes", "all-reduce us");
+    for (const auto& r : allreduce)
+      std::printf("%10lld %14.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["us"].get<double>());
+    std::cout << "json: "
+              << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce}}.dump()
+              << std::endl;
   }
   return 0;
 } catch (const c10::Error& e) {

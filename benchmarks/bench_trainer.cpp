@@ -23,6 +23,7 @@
 #include "trine/common/files.h"
 #include "trine/runtime/step_prediction.h"
 #include "trine/runtime/trainer.h"
+#include "trine/tensor_parallel/sharding_analysis.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -156,6 +157,9 @@ int main(int argc, char** argv) try {
         for (auto& t : *list) t = t.slice(0, 0, rows);
       ProfileSettings ps;
       ps.tp = a.tp;
+      if (a.tp > 1)
+        ps.tp_allreduces_per_stage =
+            tensor_parallel_allreduces(analyze_sharding(trainer.traced_model(), a.tp), trainer.plan());
       MachineDescription machine =
           a.machine.empty() ? MachineDescription::this_host()
                             : MachineDescription::from_json(nlohmann::json::parse(read_file(a.machine)), a.machine);

@@ -96,6 +96,10 @@ struct SimulateArgs {
   bool buffered = false;
   double cores = 0;
   std::string trace;
+  std::string gpt, machine = "a100";  // analytic GPT costs on a machine description
+  int dp = 1, tp = 1;
+  int64_t microbatch_rows = 1;
+  bool json = false;
 };
 CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& args);
 int run_simulate(const SimulateArgs& args);

@@ -9,6 +9,9 @@
 //   {"stages": [{"forward": s, "backward": s, "recompute": s,
 //   "activation_transfer": s, "gradient_transfer": s, "reduce": s,
 //   "optimizer": s}, ...]} (missing keys 0; forward and backward required).
+//   --gpt NAME --machine a100|h100|FILE: a GPT's analytic costs on a machine
+//   description (runtime/step_prediction.h), with --dp and --tp: the 3D
+//   layout's step and samples/s.
 #include "commands.h"
 
 #include "trine/common/files.h"
@@ -20,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 namespace trine::cli {
@@ -77,6 +81,57 @@ std::string unit_timeline(const SimulationReport& r, int ranks) {
   return os.str();
 }
 
+// GPT shapes with the parameter counts of Merak's models (Megatron-style
+// layers x hidden; vocabulary 50257, sequence 1024).
+const std::map<std::string, GptShape>& gpt_presets() {
+  static const std::map<std::string, GptShape> presets{
+      {"gpt-1.5b", {48, 1600, 25, 1024, 50257}},
+      {"gpt-2.5b", {54, 1920, 20, 1024, 50257}},
+      {"gpt-8.3b", {72, 3072, 32, 1024, 50257}},
+      {"gpt-20b", {44, 6144, 48, 1024, 50257}},
+  };
+  return presets;
+}
+
+MachineDescription machine_of(const std::string& name) {
+  if (name == "a100" || name == "h100") return MachineDescription::named(name);
+  if (name == "this-host") return MachineDescription::this_host();
+  return MachineDescription::from_json(nlohmann::json::parse(read_file(name)), name);
+}
+
+int run_gpt_simulation(const SimulateArgs& a) {
+  auto it = gpt_presets().find(a.gpt);
+  std::string names;
+  for (const auto& [n, g] : gpt_presets()) names += (names.empty() ? "" : ", ") + n;
+  TORCH_CHECK(it != gpt_presets().end(), "--gpt '", a.gpt, "' is not a known model; use one of ", names);
+  const MachineDescription machine = machine_of(a.machine);
+  const Layout layout{a.dp, a.stages, a.tp, a.virtual_stages, a.microbatches, a.schedule};
+  RecomputeSettings recompute;
+  recompute.policy = a.recompute;
+  recompute.ratio = a.recompute_ratio;
+  const auto work = gpt_stage_work(it->second, a.microbatch_rows, layout, machine, recompute);
+  const SimulationReport r = simulate_layout(work, layout, machine);
+  const double samples = static_cast<double>(a.dp) * a.microbatches * a.microbatch_rows;
+  std::printf("%s (%.2fB parameters) on %d x %s: dp %d, pp %d, tp %d, %s, recompute %s, %d microbatches of %lld\n",
+              a.gpt.c_str(), it->second.parameters() / 1e9, a.dp * a.stages * a.tp, machine.name.c_str(), a.dp,
+              a.stages, a.tp, a.schedule.c_str(), a.recompute.c_str(), a.microbatches,
+              static_cast<long long>(a.microbatch_rows));
+  std::printf("makespan %g\n", r.makespan);
+  std::printf("bubble %.4f\n", r.bubble);
+  std::printf("samples/s %.2f\n", samples / r.makespan);
+  if (a.json)
+    std::cout << "json: "
+              << nlohmann::json{{"model", a.gpt}, {"parameters", it->second.parameters()}, {"machine", machine.name},
+                                {"dp", a.dp}, {"pp", a.stages}, {"tp", a.tp}, {"schedule", a.schedule},
+                                {"recompute", a.recompute}, {"microbatches", a.microbatches},
+                                {"microbatch_rows", a.microbatch_rows}, {"step_s", r.makespan},
+                                {"bubble", r.bubble}, {"samples_per_s", samples / r.makespan}}
+                     .dump()
+              << std::endl;
+  if (!a.trace.empty()) write_file_atomically(a.trace, chrome_trace(r.timeline));
+  return 0;
+}
+
 }  // namespace
 
 CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& a) {
@@ -100,11 +155,22 @@ CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& a) {
   cmd->add_option("--cores", a.cores, "the ranks share this many cores (0: one device each)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--trace", a.trace, "write the simulated step as a Chrome/Perfetto trace (JSON)");
+  std::string presets;
+  for (const auto& [n, g] : gpt_presets()) presets += (presets.empty() ? "" : "|") + n;
+  cmd->add_option("--gpt", a.gpt, "a GPT's analytic costs: " + presets);
+  cmd->add_option("--machine", a.machine, "--gpt: a100 | h100 | this-host | a machine description (JSON)");
+  cmd->add_option("--dp", a.dp, "--gpt: data-parallel replicas")->check(CLI::PositiveNumber);
+  cmd->add_option("--tp", a.tp, "--gpt: tensor-parallel ranks")->check(CLI::PositiveNumber);
+  cmd->add_option("--microbatch-rows", a.microbatch_rows, "--gpt: sequences per microbatch")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", a.json, "--gpt: also print the result as one JSON line");
   return cmd;
 }
 
 int run_simulate(const SimulateArgs& a) {
-  TORCH_CHECK(a.unit != !a.times_file.empty(), "give exactly one of --unit and --times FILE");
+  TORCH_CHECK(a.unit + !a.times_file.empty() + !a.gpt.empty() == 1,
+              "give exactly one of --unit, --times FILE and --gpt NAME");
+  if (!a.gpt.empty()) return run_gpt_simulation(a);
   check_virtual_stages(find_schedule(a.schedule, "--schedule"), a.virtual_stages, "--virtual-stages");
   const int stages = a.stages * a.virtual_stages;
   const std::vector<StageTimes> times = a.unit ? unit_times(a) : times_from_file(a.times_file, stages);

@@ -67,6 +67,16 @@ MachineDescription MachineDescription::from_json(const nlohmann::json& j, const 
   m.instruction_overhead_s = r.get("instruction_overhead_s", m.instruction_overhead_s);
   m.cores = r.get("cores", m.cores);
   m.shared_speed = r.get("shared_speed", m.shared_speed);
+  {
+    const auto bytes = r.get("allreduce_bytes", std::vector<double>{});
+    const auto seconds = r.get("allreduce_seconds", std::vector<double>{});
+    TORCH_CHECK(bytes.size() == seconds.size(), where, ": allreduce_bytes and allreduce_seconds must be as long");
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      TORCH_CHECK(seconds[i] >= 0 && (i == 0 || bytes[i] > bytes[i - 1]), where,
+                  ": allreduce_bytes must ascend and allreduce_seconds be >= 0");
+      m.allreduce_seconds.emplace_back(bytes[i], seconds[i]);
+    }
+  }
   for (double v : m.shared_speed) TORCH_CHECK(v > 0 && v <= 1.5, where, ".shared_speed: every pace must be in (0, 1.5]");
   m.intra_node = read_link(r.object("intra_node"), m.intra_node);
   m.inter_node = read_link(r.object("inter_node"), m.inter_node);
@@ -83,6 +93,21 @@ double MachineDescription::pace(int processes) const {
     return k <= n ? shared_speed[k - 1] : shared_speed.back() * n / k;
   }
   return cores > 0 ? std::min(1.0, cores / k) : 1.0;
+}
+
+double MachineDescription::allreduce(double bytes, int ranks, int span) const {
+  if (ranks <= 1) return 0;
+  const auto& t = allreduce_seconds;
+  if (t.empty()) return ring_allreduce_seconds(bytes, ranks, span <= devices_per_node ? intra_node : inter_node);
+  double two = t.front().second;
+  if (t.size() >= 2) {
+    size_t i = 1;
+    while (i + 1 < t.size() && t[i].first < bytes) ++i;
+    const auto& [b0, s0] = t[i - 1];
+    const auto& [b1, s1] = t[i];
+    two = std::max(0.0, s0 + (s1 - s0) * (bytes - b0) / (b1 - b0));
+  }
+  return (ranks - 1) * two;
 }
 
 MachineDescription MachineDescription::named(const std::string& name) {
@@ -116,15 +141,13 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
   const int stages = layout.pp * layout.virtual_stages;
   TORCH_CHECK(static_cast<int>(work.size()) == stages, "work for ", work.size(), " stages, the layout has ", stages);
   const bool last_keeps = find_schedule(layout.schedule).last_stage_keeps_everything;
-  const Link& tp_link = link_for(layout.tp, machine);
-  const Link& dp_link = link_for(layout.tp * layout.dp, machine);
   const Link& pp_link = link_for(layout.tp * layout.dp * layout.pp, machine);
   std::vector<StageTimes> times(stages);
   for (int s = 0; s < stages; ++s) {
     const StageWork& w = work[s];
     const double tp_comm = w.tp_allreduces > 0 && layout.tp > 1
-                               ? w.tp_allreduces * ring_allreduce_seconds(w.tp_allreduce_bytes / w.tp_allreduces,
-                                                                          layout.tp, tp_link)
+                               ? w.tp_allreduces * machine.allreduce(w.tp_allreduce_bytes / w.tp_allreduces,
+                                                                     layout.tp, layout.tp)
                                : 0;
     StageTimes& t = times[s];
     t.forward = w.forward_s + tp_comm;
@@ -133,7 +156,7 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
     t.recompute = keeps ? 0 : w.recompute_s + (w.forward_s > 0 ? tp_comm * std::min(1.0, w.recompute_s / w.forward_s) : 0);
     t.activation_transfer = w.output_bytes > 0 ? pp_link.seconds(w.output_bytes) : 0;
     t.gradient_transfer = w.input_bytes > 0 ? pp_link.seconds(w.input_bytes) : 0;
-    t.reduce = ring_allreduce_seconds(w.gradient_bytes, layout.dp, dp_link);
+    t.reduce = machine.allreduce(w.gradient_bytes, layout.dp, layout.tp * layout.dp);
     t.optimizer = w.optimizer_s;
   }
   return times;
@@ -151,7 +174,7 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
   if (shared)
     for (int k = 1; k <= layout.pp; ++k) o.speed.push_back(machine.pace(k * layout.dp * layout.tp));
   const int world = layout.dp * layout.pp * layout.tp;
-  o.step_sync = ring_allreduce_seconds(16, world, link_for(world, machine));
+  o.step_sync = machine.allreduce(16, world, world);
   const auto program = pipeline_schedule(layout.schedule, layout.pp, layout.microbatches, layout.virtual_stages);
   return simulate_schedule(program, layout.microbatches, StageTopology::chain(layout.pp * layout.virtual_stages),
                            stage_times(work, layout, machine), o);
@@ -260,6 +283,25 @@ double largest_peer_bytes(const std::vector<PlanTransfer>& transfers) {
 }
 
 }  // namespace
+
+std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAnalysis& analysis,
+                                                               const StagePlan& plan) {
+  std::map<std::string, int> stage_of_param;
+  for (int s = 0; s < plan.num_stages(); ++s)
+    for (const auto& p : plan.stages[s].params) stage_of_param.emplace(p, s);
+  std::vector<std::pair<int, double>> out(plan.num_stages(), {0, 0.0});
+  for (const LinearDecision& d : analysis.linears) {
+    if (d.mode != LinearDecision::Mode::Row && d.mode != LinearDecision::Mode::Vocab) continue;
+    auto it = stage_of_param.find(d.weight);
+    if (it == stage_of_param.end() || !d.node) continue;
+    double bytes = 0;
+    if (auto type = d.node->output()->type()->cast<c10::TensorType>(); type && type->numel() && type->scalarType())
+      bytes = static_cast<double>(*type->numel()) * static_cast<double>(c10::elementSize(*type->scalarType()));
+    out[it->second].first += 1;
+    out[it->second].second += bytes;
+  }
+  return out;
+}
 
 std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
                                           const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,

@@ -20,6 +20,7 @@
 #include "trine/partitioner/stage_plan.h"
 #include "trine/recompute/recompute_policy.h"
 #include "trine/schedules/schedule_simulator.h"
+#include "trine/tensor_parallel/sharding_analysis.h"
 
 #include <nlohmann/json.hpp>
 
@@ -50,12 +51,20 @@ struct MachineDescription {
   std::vector<double> shared_speed;
   // That pace for k processes computing at once (1 without shared cores).
   double pace(int processes) const;
+  // Measured (bench_p2p): seconds of one all-reduce between 2 ranks, by
+  // bytes, ascending; between sizes interpolated, beyond them extended
+  // linearly. n ranks take (n - 1) times as long (a ring's 2(n-1) steps,
+  // each a 1/n share). Empty: the ring formula over the links.
+  std::vector<std::pair<double, double>> allreduce_seconds;
+  // An all-reduce of `bytes` over `ranks` ranks spanning `span` consecutive ranks.
+  double allreduce(double bytes, int ranks, int span) const;
 
   // This machine as trine runs on it: Gloo over loopback TCP (latency and
   // bandwidth of bench_p2p in the README), one node, its hardware threads.
   static MachineDescription this_host();
   // {"name", "flops_per_second", "memory_bytes_per_second", "devices_per_node",
-  //  "buffered_sends", "instruction_overhead_s", "cores", "shared_speed": [...], "intra_node": {"latency_s", "bytes_per_s"}, "inter_node": {...}};
+  //  "buffered_sends", "instruction_overhead_s", "cores", "shared_speed": [...],
+  //  "allreduce_bytes": [...], "allreduce_seconds": [...], "intra_node": {"latency_s", "bytes_per_s"}, "inter_node": {...}};
   // strict: unknown keys are errors naming `where`.
   static MachineDescription from_json(const nlohmann::json& j, const std::string& where);
   // Known descriptions: "a100" and "h100" (8 per node, NVLink within, 4 x
@@ -112,6 +121,11 @@ struct ProfileSettings {
   int tp = 1;
   std::vector<std::pair<int, double>> tp_allreduces_per_stage;  // per stage: (count, bytes) per forward
 };
+// Per plan stage, the all-reduces one forward makes under `analysis` (row-
+// parallel linears and vocabulary-parallel embeddings whose weight the stage
+// holds) and the bytes they carry (their outputs, one tp rank's).
+std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAnalysis& analysis,
+                                                               const StagePlan& plan);
 std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
                                           const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
                                           const ProfileSettings& settings = {});
