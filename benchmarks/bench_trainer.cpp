@@ -150,7 +150,13 @@ int main(int argc, char** argv) try {
                 {"tp", a.tp}, {"sub_microbatches", a.sub_microbatches}, {"tensor_parallel_s", sum.tensor_parallel_s},
                 {"ranks", trainer.world_size()}, {"step_s", step_s}, {"samples_per_s", a.global_batch / step_s},
                 {"communicate_s", sum.communicate_s}});
-    if (a.predict && trainer.rank() == 0) {
+    // The prediction: the emulation's own times, or a profile of the stages
+    // taken by every rank at once, so that it runs under the load the job
+    // puts on the machine (its contention is in the times; the simulator
+    // then speeds up ranks while fewer compute).
+    std::vector<StageWork> work;
+    int profiled_processes = 1;
+    if (a.predict && !a.emulate) {
       SampleBatch mb = model.batch(0);
       const int64_t rows = a.global_batch / (a.dp * a.microbatches);
       for (auto* list : {&mb.inputs, &mb.targets})
@@ -160,10 +166,14 @@ int main(int argc, char** argv) try {
       if (a.tp > 1)
         ps.tp_allreduces_per_stage =
             tensor_parallel_allreduces(analyze_sharding(trainer.traced_model(), a.tp), trainer.plan());
+      work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(), mb,
+                                ps);
+      profiled_processes = trainer.world_size();
+    }
+    if (a.predict && trainer.rank() == 0) {
       MachineDescription machine =
           a.machine.empty() ? MachineDescription::this_host()
                             : MachineDescription::from_json(nlohmann::json::parse(read_file(a.machine)), a.machine);
-      std::vector<StageWork> work;
       if (a.emulate) {
         // The emulation's own times; sleeping ranks do not share cores.
         work = work_of_times(stage_times_from_json(nlohmann::json::parse(read_file("bench-emulate-times.json")),
@@ -171,12 +181,9 @@ int main(int argc, char** argv) try {
                              trainer.plan(), a.tp);
         machine.cores = 0;
         machine.shared_speed.clear();
-      } else {
-        work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(),
-                                  mb, ps);
       }
       Layout layout{a.dp, a.pp, a.tp, a.virtual_stages, a.microbatches, a.schedule};
-      const SimulationReport r = simulate_layout(work, layout, machine);
+      const SimulationReport r = simulate_layout(work, layout, machine, profiled_processes);
       out.update({{"predicted_step_s", r.makespan}, {"predicted_bubble", r.bubble}});
       for (size_t s = 0; s < work.size(); ++s)
         std::fprintf(stderr, "profile stage %zu: forward %.2f ms, backward %.2f ms, recompute %.2f ms, optimizer %.2f ms\n",

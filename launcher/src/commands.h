@@ -47,6 +47,11 @@ int run_inspect(const InspectArgs& args);
 struct PlanCommandArgs {
   ModelArgs model;
   PlanArgs plan;
+  int world = 0;                  // > 0: choose the whole layout for this many ranks (the layout planner)
+  std::string memory_per_device;  // --world: each device's memory, e.g. 2GiB ("" = no limit)
+  int64_t global_batch = 0;       // --world: rows per step (0: the sample's rows x world)
+  int top = 10;                   // --world: rows of the ranking printed
+  std::string machine;            // --world: a machine description (JSON); default this host
   int tp = 1;                      // > 1: also each linear's decision and the memory per tp rank
   ShardingOverrides tp_overrides;  // --tp-column / --tp-row / --tp-replicate patterns
 };

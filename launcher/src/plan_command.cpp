@@ -2,7 +2,9 @@
 #include "commands.h"
 
 #include "trine/partitioner/profiler.h"
+#include "trine/common/files.h"
 #include "trine/recompute/memory_model.h"
+#include "trine/runtime/layout_planner.h"
 #include "trine/runtime/tensor_parallel_report.h"
 #include "trine/schedules/schedule_registry.h"
 
@@ -120,14 +122,52 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args) {
   cmd->add_option("--tp-column", args.tp_overrides.column, "--tp: force these weights column-parallel")->delimiter(',');
   cmd->add_option("--tp-row", args.tp_overrides.row, "--tp: force these weights row-parallel")->delimiter(',');
   cmd->add_option("--tp-replicate", args.tp_overrides.replicate, "--tp: keep these weights whole")->delimiter(',');
+  cmd->add_option("--world", args.world, "choose the whole layout for this many ranks: every dp x pp x tp, "
+                                         "microbatch count, schedule and recomputation, ranked by simulated step "
+                                         "time (profiles the layers here)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--memory-per-device", args.memory_per_device, "--world: each device's memory, e.g. 2GiB");
+  cmd->add_option("--global-batch", args.global_batch, "--world: rows per step (default: the sample's rows x world)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--top", args.top, "--world: how many of the ranked layouts to print")->check(CLI::PositiveNumber);
+  cmd->add_option("--machine", args.machine, "--world: a machine description (JSON); default this host");
   return cmd;
 }
+
+namespace {
+
+int run_layout_planner(const PlanCommandArgs& args, const LoadedModel& model, const ProxyGraph& proxy) {
+  const SampleBatch sample = model.batch(0);
+  PlannerOptions o;
+  o.world = args.world;
+  o.profiled_rows = sample.inputs.at(0).size(0);
+  o.global_batch = args.global_batch > 0 ? args.global_batch : o.profiled_rows * args.world;
+  o.memory_per_device = args.memory_per_device.empty() ? 0 : parse_bytes(args.memory_per_device, "--memory-per-device");
+  if (!args.machine.empty())
+    o.machine = MachineDescription::from_json(nlohmann::json::parse(read_file(args.machine)), args.machine);
+  ProfileOptions p;
+  p.warmup = args.plan.warmup;
+  p.repeats = args.plan.repeats;
+  p.threads = 1;
+  const CostModel costs = profile_layers(model.traced, proxy, sample, p);
+  const auto ranked = plan_layouts(model.traced, proxy, costs, o);
+  std::cout << ranked.size() << " layouts of " << o.world << " ranks for a global batch of " << o.global_batch
+            << " (layer costs: " << costs.source << ", machine: " << o.machine.name << "):\n"
+            << layout_table(ranked, o.global_batch, args.top);
+  TORCH_CHECK(ranked.front().fits, "no layout fits --memory-per-device ", args.memory_per_device,
+              "; the smallest needs ", ranked.front().memory_bytes, " bytes on its fullest device");
+  std::cout << "chosen: " << ranked.front().describe() << "\n";
+  return 0;
+}
+
+}  // namespace
 
 int run_plan(const PlanCommandArgs& args) {
   const LoadedModel model = load_model(args.model);
   const ProxyGraph proxy = build_proxy_graph(model.traced);
   std::cout << "model: " << proxy.description << ", " << proxy.layers.size() << " layers\n";
   if (model.stand_in_loss) std::cout << "(TorchScript: the sum of its outputs stands in for a loss)\n";
+  if (args.world > 0) return run_layout_planner(args, model, proxy);
   const StagePlan plan = make_plan(model, proxy, args.plan);
   std::cout << plan.table();
   print_activation_memory(proxy, plan, args.plan.recompute);

@@ -208,7 +208,6 @@ void TimedPlay::finish(int r) {
   static const std::map<Op, char> kinds = {{Op::Forward, 'F'}, {Op::ForwardCheckpoint, 'C'}, {Op::Recompute, 'R'},
                                            {Op::Backward, 'B'}, {Op::Communicate, 'T'}, {Op::ReduceGrads, 'G'}};
   record(r, kinds.at(ins.op), stage);
-  c.busy += c.computed;
   c.wires.clear();
   c.wait_until = -1;
   ++c.pc;
@@ -283,7 +282,10 @@ SimulationReport TimedPlay::run() {
     // check_schedule proved the play finishes; an endless wait here is a bug.
     TORCH_INTERNAL_ASSERT(next < kNever && next > now_ - eps, "the timed play of a proven schedule stalls");
     for (auto& c : clocks_)
-      if (c.phase == RankClock::Phase::Computing) c.remaining -= (next - now_) * speed;
+      if (c.phase == RankClock::Phase::Computing) {
+        c.remaining -= (next - now_) * speed;
+        c.busy += next - now_;
+      }
     now_ = next;
   }
   SimulationReport report;

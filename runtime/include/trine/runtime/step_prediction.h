@@ -49,8 +49,9 @@ struct MachineDescription {
   // 2, ...); beyond the list the last pace times its k over k. Empty:
   // min(1, cores / k), the ideal sharing of `cores`.
   std::vector<double> shared_speed;
-  // That pace for k processes computing at once (1 without shared cores).
-  double pace(int processes) const;
+  // That pace for k processes computing at once (1 without shared cores),
+  // interpolated between whole counts.
+  double pace(double processes) const;
   // Measured (bench_p2p): seconds of one all-reduce between 2 ranks, by
   // bytes, ascending; between sizes interpolated, beyond them extended
   // linearly. n ranks take (n - 1) times as long (a ring's 2(n-1) steps,
@@ -99,8 +100,15 @@ struct Layout {
 // gradients, its optimizer step. The step's loss all-reduce spans the world.
 std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const Layout& layout,
                                     const MachineDescription& machine);
+// `profiled_processes`: how many processes computed at once while `work`
+// was measured (on a host with shared cores, speeds are relative to that
+// load: machine.pace(k) / machine.pace(profiled_processes)). The simulated
+// pipeline stands for one replica; with shared cores the other dp - 1
+// replicas are not in lockstep with it (their ranks drift apart), so they
+// count as computing for the share of the step they are busy (mean field:
+// the simulation is repeated with that share until it settles).
 SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layout& layout,
-                                 const MachineDescription& machine);
+                                 const MachineDescription& machine, int profiled_processes = 1);
 
 // Stage times as files keep them (`trine simulate --times`, emulate.times):
 // {"stages": [{"forward": s, "backward": s, "recompute": s,

@@ -71,7 +71,7 @@ struct TimelineEvent {
 
 struct SimulationReport {
   double makespan = 0;              // the step
-  std::vector<double> busy;         // per rank: time spent computing
+  std::vector<double> busy;         // per rank: time spent computing (wall time, slowed by shared cores)
   double bubble = 0;                // 1 - mean(busy) / makespan
   std::vector<TimelineEvent> timeline;
   ScheduleReport memory;            // check_schedule's peaks
