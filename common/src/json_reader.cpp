@@ -83,6 +83,7 @@ JsonObjectReader::JsonObjectReader(const nlohmann::json& j, std::string path) : 
 }
 
 bool JsonObjectReader::has(const std::string& key) const { return j_.contains(key); }
+bool JsonObjectReader::is_string(const std::string& key) const { return j_.contains(key) && j_.at(key).is_string(); }
 
 const nlohmann::json* JsonObjectReader::find(const std::string& key) {
   asked_.insert(key);

@@ -136,12 +136,35 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommandArgs& args) {
 
 namespace {
 
+// The model's arguments with microbatches of `rows` rows.
+ModelArgs with_rows(ModelArgs args, int64_t rows) {
+  args.spec.batch = rows;
+  for (std::string& shape : args.shapes) shape = std::to_string(rows) + shape.substr(std::min(shape.find(','), shape.size()));
+  return args;
+}
+
+// The layers at the sample's rows and at a quarter of them (the model loaded
+// again at that size), for the planner's line through the two.
+std::vector<LayerProfile> profile_two_sizes(const ModelArgs& args, const LoadedModel& model, const ProxyGraph& proxy,
+                                            const ProfileOptions& p) {
+  const SampleBatch sample = model.batch(0);
+  const int64_t rows = sample.inputs.at(0).size(0);
+  std::vector<LayerProfile> out;
+  const int64_t small = std::max<int64_t>(1, rows / 4);
+  if (small < rows) {
+    const LoadedModel part = load_model(with_rows(args, small));
+    out.push_back({small, profile_layers(part.traced, build_proxy_graph(part.traced), part.batch(0), p)});
+  }
+  out.push_back({rows, profile_layers(model.traced, proxy, sample, p)});
+  return out;
+}
+
 int run_layout_planner(const PlanCommandArgs& args, const LoadedModel& model, const ProxyGraph& proxy) {
   const SampleBatch sample = model.batch(0);
   PlannerOptions o;
   o.world = args.world;
-  o.profiled_rows = sample.inputs.at(0).size(0);
-  o.global_batch = args.global_batch > 0 ? args.global_batch : o.profiled_rows * args.world;
+  const int64_t rows = sample.inputs.at(0).size(0);
+  o.global_batch = args.global_batch > 0 ? args.global_batch : rows * args.world;
   o.memory_per_device = args.memory_per_device.empty() ? 0 : parse_bytes(args.memory_per_device, "--memory-per-device");
   if (!args.machine.empty())
     o.machine = MachineDescription::from_json(nlohmann::json::parse(read_file(args.machine)), args.machine);
@@ -149,10 +172,11 @@ int run_layout_planner(const PlanCommandArgs& args, const LoadedModel& model, co
   p.warmup = args.plan.warmup;
   p.repeats = args.plan.repeats;
   p.threads = 1;
-  const CostModel costs = profile_layers(model.traced, proxy, sample, p);
-  const auto ranked = plan_layouts(model.traced, proxy, costs, o);
+  const std::vector<LayerProfile> profiles = profile_two_sizes(args.model, model, proxy, p);
+  const auto ranked = plan_layouts(model.traced, proxy, profiles, o);
   std::cout << ranked.size() << " layouts of " << o.world << " ranks for a global batch of " << o.global_batch
-            << " (layer costs: " << costs.source << ", machine: " << o.machine.name << "):\n"
+            << " (layer costs: " << profiles.back().costs.source << " at " << profiles.front().rows << " and "
+            << profiles.back().rows << " rows; machine: " << o.machine.name << "):\n"
             << layout_table(ranked, o.global_batch, args.top);
   TORCH_CHECK(ranked.front().fits, "no layout fits --memory-per-device ", args.memory_per_device,
               "; the smallest needs ", ranked.front().memory_bytes, " bytes on its fullest device");

@@ -122,16 +122,16 @@ int run_train(const TrainArgs& args) {
   Job j = job.torchscript.path.empty() ? start_example_job(job) : start_torchscript_job(job);
   Trainer& trainer = *j.trainer;
   if (trainer.rank() == 0) {
-    const auto& p = job.train.parallel;
+    const TrainConfig& cfg = trainer.config();  // with the layout "parallel": "auto" chose
+    const auto& p = cfg.parallel;
     const std::string chunks =
-        job.train.virtual_stages > 1 ? " (" + std::to_string(job.train.virtual_stages) + " stages per rank)" : "";
-    const int parts = job.train.tensor_parallel.sub_microbatches;
+        cfg.virtual_stages > 1 ? " (" + std::to_string(cfg.virtual_stages) + " stages per rank)" : "";
+    const int parts = cfg.tensor_parallel.sub_microbatches;
     const std::string sub =
         parts > 1 ? ", each run as " + std::to_string(parts) + " sub-microbatches taking turns" : "";
     std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld%s\n",
-                trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), job.train.schedule.c_str(), chunks.c_str(),
-                job.train.microbatches,
-                static_cast<long long>(job.train.global_batch / (p.dp * job.train.microbatches)), sub.c_str());
+                trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), cfg.schedule.c_str(), chunks.c_str(),
+                cfg.microbatches, static_cast<long long>(cfg.global_batch / (p.dp * cfg.microbatches)), sub.c_str());
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());
     if (job.train.memory.bytes > 0)
       std::printf("memory: saved activations kept under %lld bytes on each rank, policy %s\n",

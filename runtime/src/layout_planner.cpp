@@ -6,6 +6,7 @@
 #include "trine/tensor_parallel/sharding_analysis.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -35,18 +36,6 @@ TensorParallelOption tensor_parallel_option(const TracedModel& model, int tp) {
   return o;
 }
 
-CostModel scaled(const CostModel& costs, double scale) {
-  CostModel out = costs;
-  for (LayerCost& l : out.layers) {
-    l.forward_s *= scale;
-    l.backward_s *= scale;
-    l.activation_bytes = static_cast<int64_t>(l.activation_bytes * scale);
-    if (l.selective_activation_bytes >= 0)
-      l.selective_activation_bytes = static_cast<int64_t>(l.selective_activation_bytes * scale);
-  }
-  return out;
-}
-
 double largest_peer(const std::vector<PlanTransfer>& transfers) {
   std::map<int, double> per_peer;
   for (const auto& t : transfers) per_peer[t.peer] += static_cast<double>(t.bytes);
@@ -62,12 +51,13 @@ struct CandidateSpec {
 
 class Evaluator {
  public:
-  Evaluator(const ProxyGraph& proxy, const CostModel& costs, const PlannerOptions& o) : proxy_(proxy), costs_(costs), o_(o) {}
+  Evaluator(const ProxyGraph& proxy, const std::vector<LayerProfile>& profiles, const PlannerOptions& o)
+      : proxy_(proxy), profiles_(profiles), o_(o) {}
   LayoutCandidate evaluate(const CandidateSpec& spec, const TensorParallelOption& tp) const;
 
  private:
   const ProxyGraph& proxy_;
-  const CostModel& costs_;
+  const std::vector<LayerProfile>& profiles_;
   const PlannerOptions& o_;
 };
 
@@ -76,8 +66,11 @@ LayoutCandidate Evaluator::evaluate(const CandidateSpec& spec, const TensorParal
   LayoutCandidate c{L, spec.recompute};
   const int stages = L.pp * L.virtual_stages;
   const double rows = static_cast<double>(o_.global_batch) / (L.dp * L.microbatches);
-  const double scale = rows / static_cast<double>(o_.profiled_rows);
-  const CostModel costs = scaled(costs_, scale);
+  // Transfers were counted at the largest profile's rows.
+  int64_t profiled_rows = 0;
+  for (const auto& p : profiles_) profiled_rows = std::max(profiled_rows, p.rows);
+  const double scale = rows / static_cast<double>(profiled_rows);
+  const CostModel costs = costs_at_rows(profiles_, rows);
   PlanOptions po;
   po.stages = stages;
   po.pipeline = {L.schedule, L.microbatches, L.virtual_stages};
@@ -170,6 +163,33 @@ bool schedule_fits(const std::string& schedule, int pp, int m, int v) {
 
 }  // namespace
 
+CostModel costs_at_rows(const std::vector<LayerProfile>& profiles, double rows) {
+  TORCH_CHECK(profiles.size() == 1 || profiles.size() == 2, "layer costs at one or two microbatch sizes");
+  const LayerProfile& big = profiles.size() == 2 && profiles[1].rows > profiles[0].rows ? profiles[1] : profiles[0];
+  const LayerProfile& small = &big == &profiles[0] ? profiles.back() : profiles[0];
+  const bool line = profiles.size() == 2 && big.rows != small.rows;
+  TORCH_CHECK(!line || big.costs.layers.size() == small.costs.layers.size(), "the two profiles cover different layers");
+  CostModel out = big.costs;
+  const double share = rows / static_cast<double>(big.rows);
+  auto at = [&](double t_small, double t_big) {
+    if (!line) return t_big * share;
+    const double slope = (t_big - t_small) / static_cast<double>(big.rows - small.rows);
+    // Never below proportional scaling from the small profile's per-row cost ...
+    return std::max(t_small + slope * (rows - static_cast<double>(small.rows)),
+                    t_small * rows / static_cast<double>(small.rows) * 0.5);
+  };
+  for (size_t l = 0; l < out.layers.size(); ++l) {
+    LayerCost& c = out.layers[l];
+    const LayerCost& s = line ? small.costs.layers[l] : c;
+    c.forward_s = at(s.forward_s, c.forward_s);
+    c.backward_s = at(s.backward_s, c.backward_s);
+    c.activation_bytes = static_cast<int64_t>(c.activation_bytes * share);
+    if (c.selective_activation_bytes >= 0)
+      c.selective_activation_bytes = static_cast<int64_t>(c.selective_activation_bytes * share);
+  }
+  return out;
+}
+
 std::string LayoutCandidate::describe() const {
   std::ostringstream os;
   os << "dp " << layout.dp << " x pp " << layout.pp << " x tp " << layout.tp;
@@ -179,14 +199,15 @@ std::string LayoutCandidate::describe() const {
   return os.str();
 }
 
-std::vector<LayoutCandidate> plan_layouts(const TracedModel& model, const ProxyGraph& proxy, const CostModel& costs,
-                                          const PlannerOptions& o) {
-  TORCH_CHECK(o.world >= 1 && o.global_batch >= 1 && o.profiled_rows >= 1, "the planner needs world >= 1, a global "
-              "batch and the rows the costs were measured at");
-  TORCH_CHECK(costs.layers.size() == proxy.layers.size(), "layer costs for ", costs.layers.size(),
-              " layers, the model has ", proxy.layers.size());
+std::vector<LayoutCandidate> plan_layouts(const TracedModel& model, const ProxyGraph& proxy,
+                                          const std::vector<LayerProfile>& profiles, const PlannerOptions& o) {
+  TORCH_CHECK(o.world >= 1 && o.global_batch >= 1, "the planner needs world >= 1 and a global batch");
+  TORCH_CHECK(!profiles.empty(), "the planner needs a profile of the layers");
+  for (const auto& p : profiles)
+    TORCH_CHECK(p.rows >= 1 && p.costs.layers.size() == proxy.layers.size(), "layer costs for ",
+                p.costs.layers.size(), " layers at ", p.rows, " rows; the model has ", proxy.layers.size());
   const int layers = static_cast<int>(proxy.layers.size());
-  Evaluator evaluator(proxy, costs, o);
+  Evaluator evaluator(proxy, profiles, o);
   std::vector<LayoutCandidate> out;
   std::set<std::string> refused;
   for (int tp = 1; tp <= o.world; ++tp) {
@@ -222,9 +243,13 @@ std::vector<LayoutCandidate> plan_layouts(const TracedModel& model, const ProxyG
     TORCH_CHECK(false, "no layout of ", o.world, " ranks can train this model with a global batch of ",
                 o.global_batch, ":", why.empty() ? " no dp x pp x tp divides the batch" : why);
   }
-  std::stable_sort(out.begin(), out.end(), [](const LayoutCandidate& a, const LayoutCandidate& b) {
+  // Fitting first, then by step time in steps of 0.2% (closer is a tie the
+  // simulation cannot tell apart), then by memory.
+  auto bucket = [](double step_s) { return static_cast<int64_t>(std::floor(std::log(step_s) / std::log(1.002))); };
+  std::stable_sort(out.begin(), out.end(), [&](const LayoutCandidate& a, const LayoutCandidate& b) {
     if (a.fits != b.fits) return a.fits;
-    return a.step_s < b.step_s;
+    if (bucket(a.step_s) != bucket(b.step_s)) return a.step_s < b.step_s;
+    return a.memory_bytes < b.memory_bytes;
   });
   return out;
 }
@@ -243,6 +268,8 @@ std::string layout_table(const std::vector<LayoutCandidate>& ranked, int64_t glo
       why = "does not fit: " + c.note;
     } else if (i == 0) {
       why = "best";
+    } else if (c.step_s <= best.step_s * 1.01) {
+      why = "within 1% (more memory or a tie)";
     } else {
       // The largest of what it spends beyond the best, per rank.
       const std::vector<std::pair<double, std::string>> extra = {

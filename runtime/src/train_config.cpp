@@ -13,12 +13,20 @@ namespace trine {
 TrainConfig TrainConfig::read(JsonObjectReader& r) {
   TrainConfig c;
   {
-    auto p = r.object("parallel");
-    c.parallel.dp = p.get("dp", c.parallel.dp);
-    c.parallel.pp = p.get("pp", c.parallel.pp);
-    c.parallel.tp = p.get("tp", c.parallel.tp);
-    c.parallel.order = p.get("order", c.parallel.order);
-    p.finish();
+    if (r.is_string("parallel")) {
+      const std::string mode = r.get("parallel", std::string());
+      TORCH_CHECK(mode == "auto", "config.parallel is the string '", mode,
+                  "': give \"auto\" (the planner chooses the layout) or an object {\"dp\": ..., \"pp\": ..., "
+                  "\"tp\": ...}");
+      c.parallel.auto_layout = true;
+    } else {
+      auto p = r.object("parallel");
+      c.parallel.dp = p.get("dp", c.parallel.dp);
+      c.parallel.pp = p.get("pp", c.parallel.pp);
+      c.parallel.tp = p.get("tp", c.parallel.tp);
+      c.parallel.order = p.get("order", c.parallel.order);
+      p.finish();
+    }
   }
   {
     auto t = r.object("tensor_parallel");
@@ -119,6 +127,9 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
 void TrainConfig::check() const {
   TORCH_CHECK(parallel.tp >= 1, "config.parallel.tp must be at least 1, got ", parallel.tp);
   const int parts = tensor_parallel.sub_microbatches;
+  TORCH_CHECK(!parallel.auto_layout || parts == 1, "config.parallel is \"auto\" and config.tensor_parallel."
+              "sub_microbatches is ", parts, ": the planner does not choose sub-pipelining; set it to 1 or give the "
+              "layout yourself");
   TORCH_CHECK(parts >= 1, "config.tensor_parallel.sub_microbatches must be at least 1, got ", parts);
   TORCH_CHECK(parts == 1 || parallel.tp > 1, "config.tensor_parallel.sub_microbatches is ", parts, ", but "
               "config.parallel.tp is 1: sub-microbatches hide tensor-parallel all-reduces, and there are none; set "

@@ -1,5 +1,6 @@
 #include "trine/runtime/trainer.h"
 
+#include "auto_layout.h"
 #include "step_trace.h"
 #include "trine/runtime/step_prediction.h"
 
@@ -509,17 +510,18 @@ void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const Execu
   optimizer = make_optimizer(config.optimizer, executor->parameters());
 }
 
-void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config) {
+void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& given) {
   Impl& m = *impl_;
   // Checks that need no other process come first: they fail on every rank at once.
-  config.check();
-  if (!config.checkpoint_dir.empty())
-    check_writable_directory(config.checkpoint_dir, "config.checkpoint.dir", "leave it empty for no checkpoints");
-  if (!config.trace_file.empty()) {
-    const size_t slash = config.trace_file.rfind('/');
-    check_writable_directory(slash == std::string::npos ? "." : config.trace_file.substr(0, std::max<size_t>(slash, 1)),
+  given.check();
+  if (!given.checkpoint_dir.empty())
+    check_writable_directory(given.checkpoint_dir, "config.checkpoint.dir", "leave it empty for no checkpoints");
+  if (!given.trace_file.empty()) {
+    const size_t slash = given.trace_file.rfind('/');
+    check_writable_directory(slash == std::string::npos ? "." : given.trace_file.substr(0, std::max<size_t>(slash, 1)),
                              "the directory of config.logging.trace", "leave config.logging.trace out for no trace");
   }
+  const TrainConfig config = given.parallel.auto_layout ? resolve_auto_layout(tracer, sample, given) : given;
   m.config = config;
   const auto& par = config.parallel;
   m.grid = std::make_unique<ProcessGrid>(par.dp, par.pp, par.tp, par.order, detect_launch().world_size);
@@ -613,6 +615,22 @@ void Trainer::Impl::write_trace() {
                 config.trace_file.c_str());
     std::fflush(stdout);
   }
+}
+
+// "parallel": "auto": rank 0 plans the layout on the model traced here
+// (runtime/src/auto_layout.h); every rank continues with it.
+TrainConfig Trainer::resolve_auto_layout(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config) {
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
+  DistributedSession& session = DistributedSession::get(timeout);
+  const c10::Device device = device_of(config, session.launch);
+  c10d::PrefixStore store(session.next_prefix(), session.store);
+  auto trace_rows = [&](const SampleBatch& rows) {
+    SampleBatch on_device = rows;
+    for (auto* list : {&on_device.inputs, &on_device.targets})
+      for (auto& t : *list) t = t.to(device);
+    return tracer(on_device, device);
+  };
+  return choose_layout(config, sample, trace_rows, store, session.launch.rank, session.launch.world_size);
 }
 
 // Clip by the global norm (each parameter counted once: by its first holder,

@@ -19,6 +19,7 @@ class JsonObjectReader {
   JsonObjectReader(const nlohmann::json& j, std::string path);
 
   bool has(const std::string& key) const;
+  bool is_string(const std::string& key) const;  // present and a string
   // The value at `key` (or `fallback` when absent), which must have T's type:
   // bool, int64_t, int, double (integers accepted), std::string, or a vector of strings, ints, int64_ts or doubles.
   template <class T>

@@ -3,9 +3,11 @@
 // microbatch count, schedule and recomputation policy that suits it, ranked
 // by the simulated step time of the same global batch.
 //
-// For each candidate, from one profile of the model's layers (partitioner/
-// profiler.h, taken at `profiled_rows` rows and scaled to the candidate's
-// microbatch rows):
+// For each candidate, from profiles of the model's layers (partitioner/
+// profiler.h) taken at one or two microbatch sizes: a layer's time at the
+// candidate's rows is the line through the two (small microbatches cost
+// more per row: per-op overheads do not shrink with them), or proportional
+// to the rows with one; activation bytes are proportional to the rows:
 //   - the stages are cut by the `dp` method (least slowest stage over
 //     contiguous splits), pp x v of them;
 //   - what each stage recomputes is recompute_for_pipeline's answer, and its
@@ -31,7 +33,6 @@ struct PlannerOptions {
   int world = 1;
   int64_t global_batch = 1;       // rows per step, all replicas
   int64_t memory_per_device = 0;  // bytes; 0: no limit
-  int64_t profiled_rows = 1;      // the rows the layer costs were measured at
   double optimizer_state_factor = 2;
   double recompute_ratio = 0.5;   // stage_aware candidates' r0
   int max_microbatches = 64;
@@ -55,8 +56,16 @@ struct LayoutCandidate {
 
 // Ranked, fastest fitting first. Throws when no candidate can run at all
 // (naming why the layouts were refused).
-std::vector<LayoutCandidate> plan_layouts(const TracedModel& model, const ProxyGraph& proxy, const CostModel& costs,
-                                          const PlannerOptions& options);
+// Layer costs measured at a microbatch of `rows` rows.
+struct LayerProfile {
+  int64_t rows = 1;
+  CostModel costs;
+};
+// The layer costs at `rows`, from one or two profiles (see above).
+CostModel costs_at_rows(const std::vector<LayerProfile>& profiles, double rows);
+
+std::vector<LayoutCandidate> plan_layouts(const TracedModel& model, const ProxyGraph& proxy,
+                                          const std::vector<LayerProfile>& profiles, const PlannerOptions& options);
 
 // The top `rows` candidates: step time, samples/s, memory, and against the
 // best, the reason each loses (the largest of its extra bubble, recompute,

@@ -14,6 +14,9 @@
 namespace trine {
 
 struct ParallelConfig {
+  // "parallel": "auto": the layout planner chooses dp, pp, tp, the
+  // microbatches, schedule and recomputation (runtime/layout_planner.h).
+  bool auto_layout = false;
   int dp = 1, pp = 1, tp = 1;
   std::string order = "tp-dp-pp";  // innermost dimension first
 };

@@ -102,6 +102,8 @@ class Trainer {
   // Moves the model to the device and traces it on a microbatch.
   using Tracer = std::function<TracedModel(const SampleBatch&, c10::Device)>;
   void init(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config);
+  // "parallel": "auto": the config with the layout the planner chose.
+  static TrainConfig resolve_auto_layout(const Tracer& tracer, const SampleBatch& sample, const TrainConfig& config);
   std::unique_ptr<Impl> impl_;
 };
 
