@@ -132,6 +132,10 @@ int run_train(const TrainArgs& args) {
     std::printf("trine: %d process(es), grid dp=%d pp=%d tp=%d (%s), %s schedule%s, %d microbatches of %lld%s\n",
                 trainer.world_size(), p.dp, p.pp, p.tp, p.order.c_str(), cfg.schedule.c_str(), chunks.c_str(),
                 cfg.microbatches, static_cast<long long>(cfg.global_batch / (p.dp * cfg.microbatches)), sub.c_str());
+    if (cfg.emulate.on)
+      std::printf("emulation: compute sleeps for each stage's time (%s) from the second step on; transfers and "
+                  "all-reduces are real\n",
+                  cfg.emulate.times_file.empty() ? "profiled on rank 0" : cfg.emulate.times_file.c_str());
     if (job.data.kind != "synthetic") std::printf("data: %s (%s)\n", job.data.path.c_str(), job.data.kind.c_str());
     if (job.train.memory.bytes > 0)
       std::printf("memory: saved activations kept under %lld bytes on each rank, policy %s\n",

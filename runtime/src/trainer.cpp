@@ -74,6 +74,12 @@ void check_writable_directory(const std::string& dir, const std::string& key, co
   }
 }
 
+// The directory a file goes to ("." for a bare name).
+std::string directory_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+}
+
 // Every batch must have the shapes and dtypes the model was traced with
 // (rows aside): checked on every rank, before any rank sends or waits.
 void check_batch_like_trace(const SampleBatch& b, const TracedModel& traced) {
@@ -516,11 +522,12 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   given.check();
   if (!given.checkpoint_dir.empty())
     check_writable_directory(given.checkpoint_dir, "config.checkpoint.dir", "leave it empty for no checkpoints");
-  if (!given.trace_file.empty()) {
-    const size_t slash = given.trace_file.rfind('/');
-    check_writable_directory(slash == std::string::npos ? "." : given.trace_file.substr(0, std::max<size_t>(slash, 1)),
-                             "the directory of config.logging.trace", "leave config.logging.trace out for no trace");
-  }
+  if (!given.trace_file.empty())
+    check_writable_directory(directory_of(given.trace_file), "the directory of config.logging.trace",
+                             "leave config.logging.trace out for no trace");
+  if (!given.emulate.write_times.empty())
+    check_writable_directory(directory_of(given.emulate.write_times), "the directory of config.emulate.write_times",
+                             "leave it out");
   const TrainConfig config = given.parallel.auto_layout ? resolve_auto_layout(tracer, sample, given) : given;
   m.config = config;
   const auto& par = config.parallel;
