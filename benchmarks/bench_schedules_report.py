@@ -136,6 +136,7 @@ def timeline_plot(trace, simulated, path, step):
             ax.barh(e["pid"], e["dur"] / 1e3, left=(e["ts"] - t0) / 1e3, color=colors.get(e["cat"], "black"),
                     edgecolor="white", linewidth=0.3)
         ax.set_ylabel("rank")
+        ax.set_yticks(sorted({e["pid"] for e in xs}))
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
     axes[-1].set_xlabel("ms (F forward, F* purple, R red, B green, transfers grey, reduce orange)")
