@@ -209,7 +209,8 @@ TEST(MemoryManager, EveryPolicyUnderBudgetsDownToTheSmallestGivesTheSameGradient
     // tensors are dropped, what a run needs near it varies with the timings
     // the director weighs (a tensor dropped in one run and swapped in the
     // next needs its unit's inputs back to be made again: up to 21% more
-    // seen here), so those get half as much again.
+    // seen alone, 60% with the whole suite running beside it), so those get
+    // twice as much.
     std::vector<int64_t> smallest;
     {
       auto stages = gpt.stages();
@@ -219,7 +220,7 @@ TEST(MemoryManager, EveryPolicyUnderBudgetsDownToTheSmallestGivesTheSameGradient
         const int64_t needed = managers[s]->needed_bytes();
         EXPECT_GT(needed, 1) << name;
         EXPECT_LT(needed, watchers[s]->peak_bytes() / 4) << name << " stage " << s;
-        smallest.push_back(policy == MemoryPolicy::Swap ? needed : needed * 3 / 2);
+        smallest.push_back(policy == MemoryPolicy::Swap ? needed : needed * 2);
       }
     }
     for (double fraction : {0.5, 0.0}) {
