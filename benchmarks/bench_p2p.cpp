@@ -64,7 +64,43 @@ int main(int argc, char** argv) try {
     });
     allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}});
   }
+  // A pipeline's exchange (1F1B at p = 2: rank 0 computes a forward, swaps
+  // its activation for rank 1's gradient, computes a backward; rank 1
+  // computes both, then swaps). Ideal: a + b per round; the excess is what
+  // the transfer on the critical path costs in this pattern. Here it is
+  // milliseconds where the ping-pong above takes ~100 us, with the ranks
+  // computing or sleeping in between alike (measured; the cause lies in
+  // Gloo's TCP transport and is not pinned down).
+  nlohmann::json exchange = nlohmann::json::array();
+  auto x = torch::randn({96, 96});
+  auto burn = [&](double seconds) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < until) x = torch::tanh(x.mm(x) * 1e-2);
+  };
+  for (int64_t bytes : {int64_t(4) << 10, int64_t(256) << 10, int64_t(1) << 20}) {
+    auto t = torch::ones({bytes / 4});
+    RecvRequest req(peer, 2, "exchange");
+    req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
+    const double a = 0.010, b = 0.018;
+    const int n = 20;
+    auto round = [&] {
+      if (me == 0) burn(a); else burn(a + b);
+      comm.post_send(t, peer, 2, "exchange");
+      comm.receive({req});
+      if (me == 0) burn(b);
+      comm.wait_sends();
+    };
+    round();
+    comm.barrier();
+    const double secs = bench::seconds([&] {
+      for (int i = 0; i < n; ++i) round();
+    });
+    exchange.push_back({{"bytes", bytes}, {"excess_us", (secs / n - a - b) * 1e6}});
+  }
   if (me == 0) {
+    std::printf("%10s %24s\n", "bytes", "pipelined exchange us");
+    for (const auto& r : exchange)
+      std::printf("%10lld %24.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["excess_us"].get<double>());
     std::printf("%10s %12s %14s %16s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s");
     for (const auto& r : rows)
       std::printf("%10lld %12s %14.1f %16.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
@@ -74,7 +110,8 @@ int main(int argc, char** argv) try {
     for (const auto& r : allreduce)
       std::printf("%10lld %14.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["us"].get<double>());
     std::cout << "json: "
-              << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce}}.dump()
+              << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce},
+                                    {"exchange", exchange}}.dump()
               << std::endl;
   }
   return 0;

@@ -44,7 +44,7 @@ PY
 done
 "${mpirun[@]}" -np 2 "$bin/bench_p2p" --iters 100 | grep '^json: ' | sed 's/^json: //' >"$out/p2p.json"
 python3 - "$out/p2p.json" "$out/host.json" "$(nproc --all)" "${paces[@]}" <<'PY'
-import json, sys
+import json, statistics, sys
 p2p = json.load(open(sys.argv[1]))
 cores, steps = int(sys.argv[3]), [float(x) for x in sys.argv[4:]]
 known = [r for r in p2p["rows"] if r["shape_known"]]
@@ -53,11 +53,16 @@ host = {
     "name": "this host (calibrated)",
     "cores": cores,
     "buffered_sends": True,
+    "rendezvous_sends": True,
     # Emulated runs here: each F or backward took ~42 us beyond its work, a batch of sends ~72 us.
     "instruction_overhead_s": 50e-6,
     "shared_speed": [round(steps[0] / s, 4) for s in steps],
     "devices_per_node": 1 << 20,
-    "intra_node": {"latency_s": min(r["one_way_us"] for r in known) * 1e-6,
+    # A transfer's latency as a pipeline sees it: the excess of a 1F1B
+    # exchange over its compute (milliseconds here, where an idle ping-pong
+    # takes ~0.1 ms), the median over message sizes.
+    "intra_node": {"latency_s": max(min(r["one_way_us"] for r in known),
+                                    statistics.median(r["excess_us"] for r in p2p["exchange"])) * 1e-6,
                    "bytes_per_s": big["bandwidth_MBps"] * 1e6},
     "allreduce_bytes": [r["bytes"] for r in p2p["allreduce"]],
     "allreduce_seconds": [r["us"] * 1e-6 for r in p2p["allreduce"]],

@@ -30,6 +30,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 using namespace trine;
 
@@ -162,10 +163,9 @@ int main(int argc, char** argv) try {
       for (auto* list : {&mb.inputs, &mb.targets})
         for (auto& t : *list) t = t.slice(0, 0, rows);
       ProfileSettings ps;
-      ps.tp = a.tp;
-      if (a.tp > 1)
-        ps.tp_allreduces_per_stage =
-            tensor_parallel_allreduces(analyze_sharding(trainer.traced_model(), a.tp), trainer.plan());
+      std::optional<ShardingAnalysis> sharding;
+      if (a.tp > 1) sharding = analyze_sharding(trainer.traced_model(), a.tp);
+      ps.sharding = sharding ? &*sharding : nullptr;
       work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(), mb,
                                 ps);
       profiled_processes = trainer.world_size();

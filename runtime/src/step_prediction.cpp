@@ -1,11 +1,17 @@
 #include "trine/runtime/step_prediction.h"
 
 #include "trine/common/json_reader.h"
-#include "trine/frontend/sequential_staged_model.h"
+#include "trine/frontend/stage_execution.h"
+#include "trine/frontend/stage_split.h"
 #include "trine/recompute/stage_aware_ratios.h"
 #include "trine/schedules/schedule_registry.h"
+#include "trine/tensor_parallel/parameter_shards.h"
+#include "trine/tensor_parallel/stage_sharding.h"
+#include "trine/tensor_parallel/tensor_parallel_group.h"
 
 #include <torch/optim/adamw.h>
+
+#include <numeric>
 
 #include <algorithm>
 #include <cmath>
@@ -45,10 +51,13 @@ const Link& link_for(int span, const MachineDescription& m) {
 MachineDescription MachineDescription::this_host() {
   MachineDescription m;
   m.name = "this host (Gloo over loopback)";
-  // bench_p2p (README, Benchmarks (c)): ~130 us per transfer, ~3 GB/s for large ones.
-  m.intra_node = m.inter_node = Link{130e-6, 3e9};
+  // bench_p2p (README, Benchmarks (c)): ~3 GB/s for large transfers; an
+  // idle ping-pong takes ~0.1 ms one way, but a transfer in a pipeline's
+  // exchange (the peer computing when it was posted) 1.3 to 4.7 ms.
+  m.intra_node = m.inter_node = Link{3e-3, 3e9};
   m.devices_per_node = 1 << 20;
   m.buffered_sends = true;
+  m.rendezvous_sends = true;
   // AdamW over a stage of 1.7 MB of parameters took ~2.5 ms here (7 passes over them).
   m.memory_bytes_per_second = 5e9;
   // Emulated runs here (8 ranks, compute asleep): each F or backward took
@@ -66,6 +75,7 @@ MachineDescription MachineDescription::from_json(const nlohmann::json& j, const 
   m.memory_bytes_per_second = r.get("memory_bytes_per_second", m.memory_bytes_per_second);
   m.devices_per_node = r.get("devices_per_node", m.devices_per_node);
   m.buffered_sends = r.get("buffered_sends", m.buffered_sends);
+  m.rendezvous_sends = r.get("rendezvous_sends", m.rendezvous_sends);
   m.instruction_overhead_s = r.get("instruction_overhead_s", m.instruction_overhead_s);
   m.cores = r.get("cores", m.cores);
   m.shared_speed = r.get("shared_speed", m.shared_speed);
@@ -169,18 +179,40 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
   return times;
 }
 
+namespace {
+
+// The play whose step time is the median of kJitterSamples draws (one play
+// when nothing varies).
+SimulationReport play_with_jitter(const std::vector<std::vector<Instruction>>& program, int microbatches,
+                                  const StageTopology& topology, const std::vector<StageTimes>& times,
+                                  SimulationOptions options) {
+  if (options.jitter <= 0) return simulate_schedule(program, microbatches, topology, times, options);
+  std::vector<SimulationReport> plays;
+  for (int k = 0; k < kJitterSamples; ++k) {
+    options.seed = static_cast<unsigned>(k + 1);
+    plays.push_back(simulate_schedule(program, microbatches, topology, times, options));
+  }
+  std::sort(plays.begin(), plays.end(),
+            [](const SimulationReport& a, const SimulationReport& b) { return a.makespan < b.makespan; });
+  return std::move(plays[plays.size() / 2]);
+}
+
+}  // namespace
+
 SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layout& layout,
                                  const MachineDescription& machine, int profiled_processes) {
   SimulationOptions o;
   // Gloo's sends complete once posted (CPU hosts); NCCL's at their receive.
   const bool shared = machine.cores > 0 || !machine.shared_speed.empty();
   o.mode = machine.buffered_sends ? SendMode::Buffered : SendMode::Blocking;
+  o.rendezvous = machine.rendezvous_sends;
   o.instruction_overhead = machine.instruction_overhead_s;
   const int world = layout.dp * layout.pp * layout.tp;
   o.step_sync = machine.allreduce(16, world, world);
   const auto program = pipeline_schedule(layout.schedule, layout.pp, layout.microbatches, layout.virtual_stages);
   const auto topology = StageTopology::chain(layout.pp * layout.virtual_stages);
   const auto times = stage_times(work, layout, machine);
+  for (const StageWork& w : work) o.jitter += w.jitter / static_cast<double>(work.size());
   // k simulated ranks computing are k tp groups of this replica, plus the
   // other replicas' ranks for the share of the step they compute.
   double busy = 1;
@@ -191,7 +223,7 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
       for (int k = 1; k <= layout.pp; ++k)
         o.speed.push_back(machine.pace(layout.tp * (k + (layout.dp - 1) * layout.pp * busy)) /
                           machine.pace(profiled_processes));
-    report = simulate_schedule(program, layout.microbatches, topology, times, o);
+    report = play_with_jitter(program, layout.microbatches, topology, times, o);
     busy = 1 - report.bubble;
   }
   return report;
@@ -233,47 +265,126 @@ std::vector<StageTimes> stage_times_from_json(const nlohmann::json& j, const std
 
 namespace {
 
-struct PassTimes {
-  std::vector<std::vector<double>> forward, backward;  // stage -> repeats
+// A received activation or an output gradient the profile makes up: random
+// values of the stage graph's traced type.
+torch::Tensor stand_in(const c10::TypePtr& type, c10::Device device) {
+  const auto t = type->cast<c10::TensorType>();
+  TORCH_INTERNAL_ASSERT(t && t->scalarType() && t->sizes().concrete_sizes(), "a stage value without a known shape");
+  const auto options = torch::TensorOptions(*t->scalarType()).device(device);
+  const auto sizes = *t->sizes().concrete_sizes();
+  return c10::isFloatingType(*t->scalarType()) ? torch::randn(sizes, options) : torch::zeros(sizes, options);
+}
+
+// Seconds of each kind of compute instruction a stage ran.
+struct InstructionTimes {
+  std::vector<double> forward, backward_after_forward, backward_after_recompute, recompute;
 };
 
-PassTimes time_passes(SequentialStagedModel& staged, const SampleBatch& microbatch, const ProfileSettings& settings) {
-  const int n = staged.num_stages();
-  PassTimes t{std::vector<std::vector<double>>(n), std::vector<std::vector<double>>(n)};
-  const RngPolicy rng{RngPolicy::Mode::PerOp, 0, 0};
-  // Gradients accumulate from pass to pass, as over the microbatches of a
-  // step (a first backward only assigns them, later ones add).
-  staged.zero_grad();
-  for (int r = 0; r < settings.warmup + settings.repeats; ++r) {
-    StageMeasurements m;
-    staged.forward_backward(microbatch, rng, &m);
-    if (r < settings.warmup) continue;
-    for (int s = 0; s < n; ++s) {
-      t.forward[s].push_back(m.forward_s[s]);
-      t.backward[s].push_back(m.backward_s[s]);
-    }
+bool is_compute(Instruction::Op op) {
+  return is_forward(op) || op == Instruction::Op::Recompute || op == Instruction::Op::Backward;
+}
+
+// What stage `exec` gets from its neighbours for one instruction, made up:
+// the activations a forward receives, the output gradients a backward does.
+struct MadeUpTransfers {
+  std::vector<torch::Tensor> received;
+  std::map<int, torch::Tensor> grads;
+};
+
+MadeUpTransfers made_up_transfers(const StageExecution& exec, Instruction::Op op, c10::Device device) {
+  const StageProgram& me = exec.program();
+  MadeUpTransfers t{std::vector<torch::Tensor>(me.inputs.size()), {}};
+  if (is_forward(op)) {
+    for (size_t i = 0; i < me.inputs.size(); ++i)
+      if (me.inputs[i].kind == StageInput::Kind::Activation) {
+        t.received[i] = stand_in(me.graph->inputs()[i]->type(), device);
+        if (t.received[i].is_floating_point()) t.received[i].requires_grad_(true);
+      }
+  } else if (op == Instruction::Op::Backward) {
+    for (size_t o = 0; o < me.outputs.size(); ++o)
+      if (me.outputs[o].model_output != 0 && !me.outputs[o].to_stages.empty()) {
+        auto g = stand_in(me.graph->outputs()[o]->type(), device);
+        if (g.is_floating_point()) t.grads[static_cast<int>(o)] = g;
+      }
   }
   return t;
 }
 
+// One pipeline rank runs its instructions of the step (`program`: forwards,
+// F*, R, backwards of each of its chunks, `chunks[c]` running chunk c, in the
+// schedule's order, so that other microbatches' and chunks' work comes
+// between a forward and its backward as in a run; transfers left out,
+// received activations and output gradients made up), `warmup` + `repeats`
+// times; each compute instruction of the timed runs is timed, per chunk.
+std::vector<InstructionTimes> time_rank_program(const std::vector<const StageExecution*>& chunks,
+                                                const std::vector<Instruction>& program, const SampleBatch& batch,
+                                                int microbatches, const ProfileSettings& settings) {
+  const c10::Device device = batch.inputs.empty() ? c10::Device(c10::kCPU) : batch.inputs[0].device();
+  std::vector<InstructionTimes> times(chunks.size());
+  for (int run = 0; run < settings.warmup + settings.repeats; ++run) {
+    std::map<std::pair<int, int>, StageActivations> live;  // (chunk, microbatch)
+    std::map<std::pair<int, int>, bool> recomputed;
+    for (const Instruction& ins : program) {
+      if (!is_compute(ins.op)) continue;
+      const std::pair<int, int> key{ins.chunk, ins.microbatch};
+      const StageExecution& exec = *chunks.at(ins.chunk);
+      InstructionTimes& mine = times[ins.chunk];
+      const RngPolicy rng{RngPolicy::Mode::PerOp, 0, ins.microbatch};
+      MadeUpTransfers made_up = made_up_transfers(exec, ins.op, device);
+      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<double>* into = nullptr;
+      if (is_forward(ins.op)) {
+        live[key] = exec.forward(std::move(made_up.received), batch, {}, rng, ins.op == Instruction::Op::Forward);
+        recomputed[key] = false;
+        into = &mine.forward;
+      } else if (ins.op == Instruction::Op::Recompute) {
+        exec.recompute(live.at(key));
+        recomputed[key] = true;
+        into = &mine.recompute;
+      } else {
+        exec.backward(std::move(live.at(key)), made_up.grads, 1.0 / microbatches);
+        live.erase(key);
+        into = recomputed[key] ? &mine.backward_after_recompute : &mine.backward_after_forward;
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (run >= settings.warmup) into->push_back(seconds);
+    }
+  }
+  return times;
+}
+
+std::vector<const StageExecution*> pointers(const std::vector<std::unique_ptr<StageExecution>>& execs) {
+  std::vector<const StageExecution*> out;
+  for (const auto& e : execs) out.push_back(e.get());
+  return out;
+}
+
+// Coefficient of variation, robust to a rare outlier: 1.4826 x the median
+// absolute deviation over the median (0 for fewer than 3 samples).
+double variation(std::vector<double> v) {
+  if (v.size() < 3) return 0;
+  const double mid = median(v);
+  for (double& x : v) x = std::abs(x - mid);
+  return mid > 0 ? 1.4826 * median(v) / mid : 0;
+}
+
+// The mean: a step pays for every instruction, its slow first ones included.
+double mean_or(const std::vector<double>& v, double otherwise) {
+  return v.empty() ? otherwise : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+
 // The stage's optimizer step as the trainer takes it: the squared gradient
-// norm, clipping, AdamW over its trainable parameters (with the gradients of
-// the last passes), median of `repeats`.
-double time_optimizer(SequentialStagedModel& staged, const ProxyGraph& proxy, int stage,
-                      const ProfileSettings& settings) {
-  std::vector<torch::Tensor> params;
-  for (int id : staged.stages()[stage].params) {
-    torch::Tensor p = staged.parameter(proxy.params[id].name, stage);
-    if (p.requires_grad() && p.grad().defined()) params.push_back(p);
-  }
-  if (params.empty()) return 0;
-  // Steps on copies: the profile leaves the staged model's weights alone.
+// norm, clipping, AdamW over its trainable parameters (copies, with the
+// gradients the profile accumulated), median of `repeats`.
+double time_optimizer(const StageExecution& exec, const ProfileSettings& settings) {
   std::vector<torch::Tensor> copies;
-  for (const auto& p : params) {
-    auto c = p.detach().clone().requires_grad_(true);
-    c.mutable_grad() = p.grad().clone();
-    copies.push_back(c);
-  }
+  for (const auto& [id, p] : exec.parameters())
+    if (p.requires_grad() && p.grad().defined()) {
+      auto c = p.detach().clone().requires_grad_(true);
+      c.mutable_grad() = p.grad().clone();
+      copies.push_back(c);
+    }
+  if (copies.empty()) return 0;
   torch::optim::AdamW adamw(copies, torch::optim::AdamWOptions(1e-3));
   std::vector<double> seconds;
   for (int r = 0; r < settings.warmup + settings.repeats; ++r) {
@@ -281,7 +392,7 @@ double time_optimizer(SequentialStagedModel& staged, const ProxyGraph& proxy, in
     {
       torch::NoGradGuard no_grad;
       auto sq = torch::zeros({}, torch::kFloat64);
-      for (const auto& c : copies) sq += c.grad().to(torch::kFloat64).pow(2).sum();
+      for (const auto& c : copies) sq += c.grad().to(torch::kFloat64).pow(2).sum().cpu();
       const double coef = 1.0 / (std::sqrt(sq.item<double>()) + 1e-6);
       for (const auto& c : copies) c.grad().mul_(std::min(1.0, coef));
     }
@@ -299,7 +410,79 @@ double largest_peer_bytes(const std::vector<PlanTransfer>& transfers) {
   return most;
 }
 
+// The stages as one tp rank runs them: rewritten for rank 0 of `tp`, with
+// its parameter slices, their all-reduces going nowhere (the simulator adds
+// what they cost).
+struct ShardedStages {
+  std::unique_ptr<RegisteredGroup> group;
+  std::map<std::string, ParameterShard> shards;
+  TracedModel model;
+};
+
 }  // namespace
+
+std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
+                                          const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
+                                          const ProfileSettings& settings) {
+  TORCH_CHECK(settings.repeats >= 1 && settings.warmup >= 0, "profile needs repeats >= 1 and warmup >= 0");
+  const int n = plan.num_stages();
+  TORCH_CHECK(static_cast<int>(recompute.size()) == n, "recompute plan for ", recompute.size(), " stages, the plan has ", n);
+  const int tp = settings.sharding ? settings.sharding->tp : 1;
+  std::vector<StageProgram> stages = split_into_stages(model, proxy, plan.stage_of_layer(proxy));
+  ShardedStages sharded;
+  if (tp > 1) {
+    sharded.group = std::make_unique<RegisteredGroup>(TensorParallelGroup{0, tp, [](torch::Tensor&) {}});
+    sharded.shards = parameter_shards(model, *settings.sharding);
+    sharded.model = with_parameter_shards(model, sharded.shards, 0, tp);
+    for (StageProgram& stage : stages)
+      shard_stage(stage, {&model, settings.sharding, &sharded.shards, 0, tp, sharded.group->id(), true});
+  }
+  const TracedModel& rank_model = tp > 1 ? sharded.model : model;
+  const c10::Device device = microbatch.inputs.empty() ? c10::Device(c10::kCPU) : microbatch.inputs[0].device();
+  const int m = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : n / plan.pipeline.virtual_stages;
+  std::vector<std::pair<int, double>> allreduces(n, {0, 0.0});
+  if (tp > 1) allreduces = tensor_parallel_allreduces(*settings.sharding, plan);
+  const int v = plan.pipeline.virtual_stages, ranks = n / v;
+  std::vector<StageWork> work(n);
+  for (int r = 0; r < ranks; ++r) {
+    const std::vector<Instruction> program = stage_schedule(plan.pipeline.schedule, ranks, m, r, v);
+    std::vector<std::unique_ptr<StageExecution>> plain, checkpointed;
+    bool any_recompute = false;
+    for (int c = 0; c < v; ++c) {
+      const int s = c * ranks + r;
+      plain.push_back(std::make_unique<StageExecution>(stages[s], rank_model, proxy, device));
+      checkpointed.push_back(std::make_unique<StageExecution>(stages[s], rank_model, proxy, device));
+      if (!recompute[s].layer_segments.empty() || recompute[s].attention_cores) {
+        checkpointed.back()->checkpoint_layers(recompute[s].layer_segments, recompute[s].attention_cores);
+        any_recompute = true;
+      }
+    }
+    const auto kept = time_rank_program(pointers(plain), program, microbatch, m, settings);
+    const auto dropped = any_recompute ? time_rank_program(pointers(checkpointed), program, microbatch, m, settings)
+                                       : std::vector<InstructionTimes>(v);
+    for (int c = 0; c < v; ++c) {
+      const int s = c * ranks + r;
+      StageWork& w = work[s];
+      w.forward_s = mean_or(kept[c].forward, 0);
+      w.backward_s = mean_or(kept[c].backward_after_forward, mean_or(kept[c].backward_after_recompute, 0));
+      if (!recompute[s].layer_segments.empty() || recompute[s].attention_cores) {
+        w.forward_s = mean_or(dropped[c].forward, w.forward_s);
+        w.recompute_s = std::max(0.0, mean_or(dropped[c].backward_after_forward, w.backward_s) - w.backward_s);
+      }
+      w.optimizer_s = time_optimizer(*plain[c], settings);
+      w.jitter = (variation(kept[c].forward) + variation(kept[c].backward_after_forward)) / 2;
+    }
+  }
+  for (int s = 0; s < n; ++s) {
+    StageWork& w = work[s];
+    w.output_bytes = largest_peer_bytes(plan.stages[s].sends) / tp;
+    w.input_bytes = largest_peer_bytes(plan.stages[s].receives) / tp;
+    w.gradient_bytes = static_cast<double>(plan.stages[s].param_bytes) / tp;
+    w.tp_allreduces = allreduces[s].first;
+    w.tp_allreduce_bytes = allreduces[s].second;
+  }
+  return work;
+}
 
 std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAnalysis& analysis,
                                                                const StagePlan& plan) {
@@ -318,47 +501,6 @@ std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAna
     out[it->second].second += bytes;
   }
   return out;
-}
-
-std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
-                                          const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
-                                          const ProfileSettings& settings) {
-  TORCH_CHECK(settings.repeats >= 1 && settings.warmup >= 0 && settings.tp >= 1,
-              "profile needs repeats >= 1, warmup >= 0, tp >= 1");
-  const int n = plan.num_stages();
-  TORCH_CHECK(static_cast<int>(recompute.size()) == n, "recompute plan for ", recompute.size(), " stages, the plan has ", n);
-  const std::vector<int> stage_of_layer = plan.stage_of_layer(proxy);
-  SequentialStagedModel plain(model, proxy, stage_of_layer);
-  const PassTimes kept = time_passes(plain, microbatch, settings);
-  bool any_recompute = false;
-  for (const auto& r : recompute) any_recompute = any_recompute || !r.layer_segments.empty() || r.attention_cores;
-  std::optional<PassTimes> dropped;
-  if (any_recompute) {
-    SequentialStagedModel checkpointed(model, proxy, stage_of_layer);
-    for (int s = 0; s < n; ++s)
-      if (!recompute[s].layer_segments.empty() || recompute[s].attention_cores)
-        checkpointed.checkpoint_layers(s, recompute[s].layer_segments, recompute[s].attention_cores);
-    dropped = time_passes(checkpointed, microbatch, settings);
-  }
-  const double tp = settings.tp;
-  std::vector<StageWork> work(n);
-  for (int s = 0; s < n; ++s) {
-    StageWork& w = work[s];
-    const double backward = median(kept.backward[s]);
-    w.forward_s = (dropped ? median(dropped->forward[s]) : median(kept.forward[s])) / tp;
-    w.backward_s = backward / tp;
-    w.recompute_s = dropped ? std::max(0.0, median(dropped->backward[s]) - backward) / tp : 0;
-    w.output_bytes = largest_peer_bytes(plan.stages[s].sends) / tp;
-    w.input_bytes = largest_peer_bytes(plan.stages[s].receives) / tp;
-    w.gradient_bytes = static_cast<double>(plan.stages[s].param_bytes) / tp;
-    w.optimizer_s = time_optimizer(plain, proxy, s, settings) / tp;
-    if (s < static_cast<int>(settings.tp_allreduces_per_stage.size())) {
-      w.tp_allreduces = settings.tp_allreduces_per_stage[s].first;
-      w.tp_allreduce_bytes = settings.tp_allreduces_per_stage[s].second;
-    }
-  }
-  plain.zero_grad();
-  return work;
 }
 
 std::vector<StageWork> work_of_times(const std::vector<StageTimes>& times, const StagePlan& plan, int tp) {

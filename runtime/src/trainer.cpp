@@ -569,7 +569,7 @@ std::vector<StageTimes> Trainer::Impl::emulation_times_on_rank_0(const std::vect
     times = stage_times_from_json(nlohmann::json::parse(read_file(file)), "config.emulate.times '" + file + "'");
   } else {
     ProfileSettings settings;
-    settings.tp = config.parallel.tp;
+    settings.sharding = config.parallel.tp > 1 ? &tp_analysis : nullptr;
     const auto work = profile_stage_work(traced, proxy, *plan, recompute_plan(stages), first, settings);
     const Layout layout{config.parallel.dp, config.parallel.pp, config.parallel.tp, plan->pipeline.virtual_stages,
                         split.microbatches, config.schedule};

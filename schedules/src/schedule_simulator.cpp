@@ -7,6 +7,7 @@
 #include <iomanip>
 #include <limits>
 #include <map>
+#include <random>
 #include <sstream>
 #include <tuple>
 
@@ -17,6 +18,12 @@ namespace {
 using Kind = Transfer::Kind;
 using Op = Instruction::Op;
 constexpr double kNever = std::numeric_limits<double>::infinity();
+
+// Mean 1, coefficient of variation `cv`: sigma^2 = ln(1 + cv^2), mu = -sigma^2 / 2.
+std::lognormal_distribution<double> jitter_distribution(double cv) {
+  const double sigma2 = std::log1p(cv * cv);
+  return std::lognormal_distribution<double>(-sigma2 / 2, std::sqrt(sigma2));
+}
 
 // How far a microbatch's forward went on one stage.
 enum class Kept { Nothing, Inputs, Policy, Whole };  // after -, F*, F, R
@@ -49,7 +56,8 @@ class TimedPlay {
             const std::vector<StageTimes>& times, const SimulationOptions& options)
       : program_(program), topo_(topology), times_(times), options_(options),
         ranks_(static_cast<int>(program.size())), chunks_(topology.stages() / ranks_),
-        kept_(topology.stages(), std::vector<Kept>(microbatches, Kept::Nothing)), clocks_(ranks_) {
+        kept_(topology.stages(), std::vector<Kept>(microbatches, Kept::Nothing)), clocks_(ranks_),
+        random_(options.seed), jitter_(jitter_distribution(options.jitter)) {
     for (int r = 0; r < ranks_; ++r)
       for (const Instruction& ins : program_[r])
         if (ins.op == Op::Backward) ++clocks_[r].backwards_left;
@@ -62,6 +70,7 @@ class TimedPlay {
   int stage_of(int r, int chunk) const { return stage_of_chunk(chunk, r, ranks_); }
   const Instruction& current(int r) const { return program_[r][clocks_[r].pc]; }
   double compute_time(int r, const Instruction& ins);
+  double work_time(int r, const Instruction& ins);
   void post(int r, const std::vector<Transfer>& transfers);
   void start(int r);
   void match();
@@ -79,12 +88,19 @@ class TimedPlay {
   int ranks_, chunks_;
   std::vector<std::vector<Kept>> kept_;  // stage -> microbatch
   std::vector<RankClock> clocks_;
-  std::map<std::tuple<bool, int, int, int>, double> arrivals_;  // buffered: (grad, mb, from, to) -> arrival
+  // buffered: (grad, mb, from, to) -> (when the send was posted, how long the data takes)
+  std::map<std::tuple<bool, int, int, int>, std::pair<double, double>> arrivals_;
   double now_ = 0;
   std::vector<TimelineEvent> timeline_;
+  std::mt19937_64 random_;
+  std::lognormal_distribution<double> jitter_;
 };
 
 double TimedPlay::compute_time(int r, const Instruction& ins) {
+  return work_time(r, ins) * (options_.jitter > 0 ? jitter_(random_) : 1.0);
+}
+
+double TimedPlay::work_time(int r, const Instruction& ins) {
   const int stage = stage_of(r, ins.chunk);
   const StageTimes& t = times_[stage];
   Kept& k = kept_[stage][ins.microbatch];
@@ -153,8 +169,9 @@ void TimedPlay::start(int r) {
   }
 }
 
-// Transfers meet: a receive completes when its data has arrived; a blocking
-// send when its receive has taken it.
+// Transfers meet: a receive completes when its data has arrived (under
+// rendezvous, the data leaves once the receive is posted); a blocking send
+// when its receive has taken it.
 void TimedPlay::match() {
   auto through_memory = [&](const Wire& w) { return rank_of(w.stage) == rank_of(w.peer); };
   auto cost = [&](const Wire& send) {
@@ -165,7 +182,7 @@ void TimedPlay::match() {
   for (auto& c : clocks_)
     for (Wire& w : c.wires)
       if (w.send && w.done == kNever && (buffered || through_memory(w))) {
-        arrivals_[{w.grad, w.microbatch, w.stage, w.peer}] = w.posted + cost(w);
+        arrivals_[{w.grad, w.microbatch, w.stage, w.peer}] = {w.posted, cost(w)};
         w.done = w.posted;
       }
   for (auto& c : clocks_)
@@ -173,7 +190,8 @@ void TimedPlay::match() {
       if (w.send || w.done != kNever) continue;
       auto it = arrivals_.find({w.grad, w.microbatch, w.peer, w.stage});
       if (it != arrivals_.end()) {
-        w.done = std::max(w.posted, it->second);
+        const auto [sent, crossing] = it->second;
+        w.done = options_.rendezvous ? std::max(w.posted, sent) + crossing : std::max(w.posted, sent + crossing);
         arrivals_.erase(it);
         continue;
       }
@@ -336,6 +354,7 @@ SimulationReport simulate_schedule(const std::vector<std::vector<Instruction>>& 
   TORCH_CHECK(std::isfinite(options.instruction_overhead) && options.instruction_overhead >= 0 &&
                   std::isfinite(options.step_sync) && options.step_sync >= 0,
               "instruction_overhead and step_sync must be finite and >= 0");
+  TORCH_CHECK(std::isfinite(options.jitter) && options.jitter >= 0, "jitter must be finite and >= 0");
   ScheduleReport memory = check_schedule(program, microbatches, topology, options.mode, options.memory);
   SimulationReport report = TimedPlay(program, microbatches, topology, times, options).run();
   report.memory = std::move(memory);

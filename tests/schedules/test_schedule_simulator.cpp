@@ -1,6 +1,7 @@
 // The timed play of schedules (schedule_simulator.h): Merak's unit-cost
 // makespans, the 1F1B bubble formula, transfer costs under blocking and
-// buffered sends, ranks sharing cores, and the gradient sync's overlap.
+// buffered sends (and rendezvous), ranks sharing cores, the gradient sync's
+// overlap, and jitter.
 #include "trine/schedules/schedule_registry.h"
 #include "trine/schedules/schedule_simulator.h"
 
@@ -128,6 +129,43 @@ TEST(ScheduleSimulator, ReportsMemoryPeaksAndATraceOfEveryInstruction) {
   const std::string trace = chrome_trace(r.timeline);
   EXPECT_NE(trace.find("\"traceEvents\""), std::string::npos);
   EXPECT_NE(trace.find("\"name\": \"B7\""), std::string::npos);
+}
+
+TEST(ScheduleSimulator, RendezvousSendsLeaveOnceTheReceiveIsPosted) {
+  // GPipe, p = 2, m = 2; stage 1's forward (3) outlasts stage 0's (1), so it
+  // posts its receive of A1 at 4.5, long after A1 was sent at 2.
+  std::vector<StageTimes> times(2);
+  times[0].forward = 1;
+  times[1].forward = 3;
+  times[0].activation_transfer = 0.5;
+  SimulationOptions o;
+  o.mode = SendMode::Buffered;
+  const auto program = pipeline_schedule("gpipe", 2, 2);
+  const double buffered = simulate_schedule(program, 2, StageTopology::chain(2), times, o).makespan;
+  o.rendezvous = true;
+  const double rendezvous = simulate_schedule(program, 2, StageTopology::chain(2), times, o).makespan;
+  // A0 arrives at 1.5 either way; A1 at 2.5 (buffered, waiting for the
+  // receive at 4.5) or at 4.5 + 0.5 (rendezvous).
+  EXPECT_DOUBLE_EQ(rendezvous - buffered, 0.5);
+}
+
+TEST(ScheduleSimulator, JitterVariesInstructionsAroundTheirMeanAndDelaysThePipeline) {
+  const auto program = pipeline_schedule("1f1b", 2, 8);
+  const std::vector<StageTimes> times(2);  // F = 1, B = 2
+  SimulationOptions o;
+  const double still = simulate_schedule(program, 8, StageTopology::chain(2), times, o).makespan;
+  o.jitter = 0.2;
+  double sum = 0;
+  for (unsigned seed = 1; seed <= 40; ++seed) {
+    o.seed = seed;
+    const double one = simulate_schedule(program, 8, StageTopology::chain(2), times, o).makespan;
+    EXPECT_EQ(one, simulate_schedule(program, 8, StageTopology::chain(2), times, o).makespan) << "seeded";
+    sum += one;
+  }
+  // Mean-1 factors leave the work alone, but waiting on the later of two
+  // peers costs: the mean step is longer than the still one, not by much.
+  EXPECT_GT(sum / 40, still * 1.01);
+  EXPECT_LT(sum / 40, still * 1.25);
 }
 
 TEST(ScheduleSimulator, RejectsTimesThatDoNotFitTheTopology) {

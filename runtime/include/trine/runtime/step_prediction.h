@@ -42,6 +42,7 @@ struct MachineDescription {
   Link intra_node, inter_node;
   int devices_per_node = 1;
   bool buffered_sends = false;  // Gloo: a send completes once posted; NCCL (false): at its receive
+  bool rendezvous_sends = false;  // Gloo over TCP: a send's data leaves only once its receive is posted
   double instruction_overhead_s = 0;  // the executor's cost per instruction beyond its work
   double cores = 0;  // CPU hosts: the ranks share this many cores; 0: a device per rank
   // Measured on a CPU host (benchmarks/calibrate_host.sh): a process's pace,
@@ -64,7 +65,7 @@ struct MachineDescription {
   // bandwidth of bench_p2p in the README), one node, its hardware threads.
   static MachineDescription this_host();
   // {"name", "flops_per_second", "memory_bytes_per_second", "devices_per_node",
-  //  "buffered_sends", "instruction_overhead_s", "cores", "shared_speed": [...],
+  //  "buffered_sends", "rendezvous_sends", "instruction_overhead_s", "cores", "shared_speed": [...],
   //  "allreduce_bytes": [...], "allreduce_seconds": [...], "intra_node": {"latency_s", "bytes_per_s"}, "inter_node": {...}};
   // strict: unknown keys are errors naming `where`.
   static MachineDescription from_json(const nlohmann::json& j, const std::string& where);
@@ -87,6 +88,7 @@ struct StageWork {
   double tp_allreduce_bytes = 0;         // all-reduced in one forward, summed (a backward the same)
   int tp_allreduces = 0;                 // how many all-reduces one forward makes
   double optimizer_s = 0;                // its optimizer step (0: from memory bandwidth, 16 B per parameter)
+  double jitter = 0;                     // coefficient of variation of its compute instructions' times
 };
 
 struct Layout {
@@ -106,7 +108,10 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
 // pipeline stands for one replica; with shared cores the other dp - 1
 // replicas are not in lockstep with it (their ranks drift apart), so they
 // count as computing for the share of the step they are busy (mean field:
-// the simulation is repeated with that share until it settles).
+// the simulation is repeated with that share until it settles). Stages
+// whose work varies (jitter > 0) are played kJitterSamples times with
+// different draws, and the report is the play whose step time is the median.
+constexpr int kJitterSamples = 15;
 SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layout& layout,
                                  const MachineDescription& machine, int profiled_processes = 1);
 
@@ -118,22 +123,28 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
 nlohmann::json stage_times_to_json(const std::vector<StageTimes>& times);
 std::vector<StageTimes> stage_times_from_json(const nlohmann::json& j, const std::string& where);
 
-// Measured here: the plan's stages of `model` run in one process (each
-// stage's layers as the executor runs them), `repeats` timed forward and
-// backward passes of `microbatch` after `warmup`, medians; once as planned
-// and once with `recompute`'s checkpointed segments (recompute_s is the
-// difference of the backwards). tp > 1: compute divided by tp, and the
-// all-reduces counted from `tp_allreduces_per_stage` (empty: none).
-struct ProfileSettings {
-  int warmup = 2, repeats = 5;
-  int tp = 1;
-  std::vector<std::pair<int, double>> tp_allreduces_per_stage;  // per stage: (count, bytes) per forward
-};
 // Per plan stage, the all-reduces one forward makes under `analysis` (row-
 // parallel linears and vocabulary-parallel embeddings whose weight the stage
 // holds) and the bytes they carry (their outputs, one tp rank's).
 std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAnalysis& analysis,
                                                                const StagePlan& plan);
+
+// Measured here: every stage of the plan runs its own instructions of the
+// plan's schedule (forwards, F*, R and backwards in the schedule's order, so
+// that other microbatches' work comes between a forward and its backward as
+// in a run; transfers left out, received activations and output gradients
+// made up), `warmup` + `repeats` times, each compute instruction timed;
+// medians. Once as planned and once with `recompute`'s checkpointed
+// segments: recompute_s is the difference of the backwards that follow a
+// plain forward. The optimizer step (norm, clip, AdamW) is timed on the
+// gradients that accumulated. With `sharding` (tp > 1) the stages are
+// rewritten for tp rank 0 and run with its parameter slices, their
+// all-reduces going nowhere; the all-reduces each forward makes are counted
+// for the simulator (tensor_parallel_allreduces).
+struct ProfileSettings {
+  int warmup = 1, repeats = 2;
+  const ShardingAnalysis* sharding = nullptr;
+};
 std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
                                           const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
                                           const ProfileSettings& settings = {});

@@ -3,7 +3,8 @@
 // costs say, transfers meeting their peers as check_schedule makes them meet
 // (blocking: a send and its receive both complete once both are posted and
 // the data has crossed; buffered: a send completes when posted, its receive
-// when the data has arrived). docs/design.md §6a.
+// when the data has arrived, the data leaving at the send or, under
+// rendezvous, once the receive is posted too). docs/design.md §6a.
 //
 // Durations of one microbatch on a stage (StageTimes):
 //   F and F*  forward;
@@ -56,6 +57,16 @@ struct SimulationOptions {
   // for a Communicate, posting its transfers, which go out after it).
   double instruction_overhead = 0;
   std::vector<ActivationCosts> memory;  // per stage, for the memory peaks (empty: unit)
+  // Real compute instructions vary from one run to the next, and in a
+  // pipeline a late one makes its peers wait: with jitter > 0 every compute
+  // instruction takes its time times a log-normal factor of mean 1 and this
+  // coefficient of variation, drawn from `seed` (one play is one sample).
+  double jitter = 0;
+  unsigned seed = 1;
+  // Buffered sends whose data leaves only once the receive is posted (Gloo
+  // over TCP): a receive completes its transfer time after both sides have
+  // posted, rather than after the send alone.
+  bool rendezvous = false;
 };
 
 // One instruction of one rank, from when it started to when the rank moved on.
