@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <optional>
 
 using namespace trine;
 
@@ -52,7 +53,16 @@ int main(int argc, char** argv) try {
                       {"bandwidth_MBps", bytes / one_way / 1e6}});
     }
   }
-  // All-reduce (sum) of the same sizes: what a tp or dp group pays.
+  // All-reduce (sum) of the same sizes: what a tp or dp group pays, back to
+  // back (idle) and between busy ranks: each computes `segment` seconds
+  // before each all-reduce, as a tp stage does between its collectives. The
+  // busy one's time is the round's excess over the compute.
+  auto x = torch::randn({96, 96});
+  auto burn = [&](double seconds) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < until) x = torch::tanh(x.mm(x) * 1e-2);
+  };
+  const double segment = 0.002;
   nlohmann::json allreduce = nlohmann::json::array();
   for (int64_t bytes : {int64_t(4), int64_t(4) << 10, int64_t(128) << 10, int64_t(1) << 20, int64_t(16) << 20}) {
     auto t = torch::ones({bytes / 4});
@@ -62,7 +72,14 @@ int main(int argc, char** argv) try {
     const double secs = bench::seconds([&] {
       for (int i = 0; i < n; ++i) comm.allreduce_sum(t);
     });
-    allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}});
+    const int busy_n = std::max(10, n / 4);
+    const double busy = bench::seconds([&] {
+      for (int i = 0; i < busy_n; ++i) {
+        burn(segment);
+        comm.allreduce_sum(t);
+      }
+    });
+    allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}, {"busy_us", (busy / busy_n - segment) * 1e6}});
   }
   // A pipeline's exchange (1F1B at p = 2: rank 0 computes a forward, swaps
   // its activation for rank 1's gradient, computes a backward; rank 1
@@ -72,43 +89,47 @@ int main(int argc, char** argv) try {
   // computing or sleeping in between alike (measured; the cause lies in
   // Gloo's TCP transport and is not pinned down).
   nlohmann::json exchange = nlohmann::json::array();
-  auto x = torch::randn({96, 96});
-  auto burn = [&](double seconds) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < until) x = torch::tanh(x.mm(x) * 1e-2);
-  };
   for (int64_t bytes : {int64_t(4) << 10, int64_t(256) << 10, int64_t(1) << 20}) {
-    auto t = torch::ones({bytes / 4});
-    RecvRequest req(peer, 2, "exchange");
-    req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
-    const double a = 0.010, b = 0.018;
-    const int n = 20;
-    auto round = [&] {
-      if (me == 0) burn(a); else burn(a + b);
-      comm.post_send(t, peer, 2, "exchange");
-      comm.receive({req});
-      if (me == 0) burn(b);
-      comm.wait_sends();
-    };
-    round();
-    comm.barrier();
-    const double secs = bench::seconds([&] {
-      for (int i = 0; i < n; ++i) round();
-    });
-    exchange.push_back({{"bytes", bytes}, {"excess_us", (secs / n - a - b) * 1e6}});
+    nlohmann::json row{{"bytes", bytes}};
+    for (bool ahead : {false, true}) {
+      auto t = torch::ones({bytes / 4});
+      RecvRequest req(peer, 2, "exchange");
+      req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
+      const double a = 0.010, b = 0.018;
+      const int n = 20;
+      auto round = [&] {
+        std::optional<PendingReceives> posted;
+        if (ahead) posted = comm.post_receives({req});
+        if (me == 0) burn(a); else burn(a + b);
+        comm.post_send(t, peer, 2, "exchange");
+        if (!posted) posted = comm.post_receives({req});
+        comm.finish_receives(std::move(*posted));
+        if (me == 0) burn(b);
+        comm.wait_sends();
+      };
+      round();
+      comm.barrier();
+      const double secs = bench::seconds([&] {
+        for (int i = 0; i < n; ++i) round();
+      });
+      row[ahead ? "excess_ahead_us" : "excess_us"] = (secs / n - a - b) * 1e6;
+    }
+    exchange.push_back(row);
   }
   if (me == 0) {
-    std::printf("%10s %24s\n", "bytes", "pipelined exchange us");
+    std::printf("%10s %24s %28s\n", "bytes", "pipelined exchange us", "receive posted ahead us");
     for (const auto& r : exchange)
-      std::printf("%10lld %24.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["excess_us"].get<double>());
+      std::printf("%10lld %24.1f %28.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
+                  r["excess_us"].get<double>(), r["excess_ahead_us"].get<double>());
     std::printf("%10s %12s %14s %16s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s");
     for (const auto& r : rows)
       std::printf("%10lld %12s %14.1f %16.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
                   r["shape_known"].get<bool>() ? "yes" : "no", r["one_way_us"].get<double>(),
                   r["bandwidth_MBps"].get<double>());
-    std::printf("%10s %14s\n", "bytes", "all-reduce us");
+    std::printf("%10s %14s %20s\n", "bytes", "all-reduce us", "between busy ranks");
     for (const auto& r : allreduce)
-      std::printf("%10lld %14.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["us"].get<double>());
+      std::printf("%10lld %14.1f %20.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["us"].get<double>(),
+                  r["busy_us"].get<double>());
     std::cout << "json: "
               << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce},
                                     {"exchange", exchange}}.dump()

@@ -98,6 +98,9 @@ struct PipelineExecutor::PostedTransfers {
   // Receives from a stage of this rank: the mailbox key and where it goes.
   std::vector<std::pair<std::tuple<bool, int, int, int, int>, Target>> local;
   std::vector<std::pair<int, int>> sent_gradients;  // (chunk, microbatch) whose gradient went out
+  // Receives of the same instruction posted ahead of it, and which transfers they are.
+  std::unique_ptr<PostedTransfers> ahead;
+  std::vector<Transfer> covered;
 };
 
 PipelineExecutor::PipelineExecutor(const TracedModel& model, const ProxyGraph& proxy, std::vector<StageProgram> stages,
@@ -254,6 +257,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
   for (size_t i = 0; i < program_.size(); ++i) {
     const Instruction& ins = program_[i];
     const auto t0 = std::chrono::steady_clock::now();
+    post_receives_ahead(i);
     double* account = nullptr;
     switch (ins.op) {
       case Instruction::Op::Forward:
@@ -265,7 +269,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         account = &timings_.forward_s;
         break;
       case Instruction::Op::Recompute:
-        recompute(ins);
+        recompute(i);
         account = &timings_.recompute_s;
         break;
       case Instruction::Op::Backward: {
@@ -282,7 +286,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
         break;
       }
       case Instruction::Op::Communicate:
-        communicate(ins);
+        communicate(i);
         account = &timings_.communicate_s;
         break;
       case Instruction::Op::ReduceGrads:
@@ -309,6 +313,7 @@ void PipelineExecutor::run_step(const SampleBatch& batch, int64_t first_microbat
   for (const auto& c : chunks_)
     TORCH_INTERNAL_ASSERT(c->live.empty(), "microbatches left in flight on stage ", c->stage, " after the step");
   TORCH_INTERNAL_ASSERT(local_.empty(), "transfers between this rank's stages left unreceived after the step");
+  TORCH_INTERNAL_ASSERT(early_.empty(), "receives posted ahead and not finished in the step");
   if (counter) timings_.peak_bytes = counter->peak();
   if (memory_) {
     timings_.saved_peak_bytes = memory_->peak_bytes();
@@ -407,10 +412,11 @@ void PipelineExecutor::emulate_compute(const Instruction& ins) {
   sleep(seconds);
 }
 
-void PipelineExecutor::communicate(const Instruction& ins) { finish_transfers(post_transfers(ins.transfers)); }
+void PipelineExecutor::communicate(size_t index) { finish_transfers(post_transfers(index)); }
 
-void PipelineExecutor::recompute(const Instruction& ins) {
-  auto posted = post_transfers(ins.transfers);
+void PipelineExecutor::recompute(size_t index) {
+  auto posted = post_transfers(index);
+  const Instruction& ins = program_[index];
   Chunk& c = chunk(ins.chunk);
   auto it = c.live.find(ins.microbatch);
   TORCH_INTERNAL_ASSERT(it != c.live.end(), "recompute of microbatch ", ins.microbatch, " that was not forwarded");
@@ -442,11 +448,9 @@ void PipelineExecutor::send(const torch::Tensor& t, int from_stage, int to_stage
     groups_.pp->post_send(t, to_stage % ranks_, tag_of(mb, grad, from_stage, to_stage, slot), describe(grad, mb));
 }
 
-PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::vector<Transfer>& transfers) {
-  std::vector<RecvRequest> requests;
-  PostedTransfers posted;
-  // A receive from stage `peer` to stage `me` into `target` (shape and dtype
-  // known when given); tagged and keyed as `send` names it: (from, to).
+// A receive from stage `peer` to stage `me` into `target` (shape and dtype
+// known when given); tagged and keyed as `send` names it: (from, to).
+void PipelineExecutor::post_receive(const Transfer& t, PostedTransfers& posted, std::vector<RecvRequest>& requests) {
   auto receive = [&](int peer, int me, int slot, PostedTransfers::Target target,
                      std::optional<std::vector<int64_t>> shape, c10::ScalarType dtype) {
     if (peer % ranks_ == rank_) {
@@ -457,7 +461,71 @@ PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::ve
                         describe(target.grad, target.mb), std::move(shape), dtype});
     posted.targets.push_back(target);
   };
-  for (const Transfer& t : transfers) {
+  Chunk& c = chunk(t.chunk);
+  const int mb = t.microbatch;
+  if (t.kind == Transfer::Kind::RecvAct) {
+    for (const auto& [peer, ins_] : c.recv_from)
+      for (size_t k = 0; k < ins_.size(); ++k)
+        receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, false, ins_[k]}, c.input_shapes.at(ins_[k]).first,
+                c.input_shapes.at(ins_[k]).second);
+  } else {
+    TORCH_INTERNAL_ASSERT(t.kind == Transfer::Kind::RecvGrad, "not a receive");
+    for (const auto& [peer, outs] : c.send_to) {
+      auto& s = c.state_of(mb);
+      for (size_t k = 0; k < outs.size(); ++k)
+        if (const auto& out = s.activations.outputs.at(outs[k]); out.requires_grad())
+          receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, true, outs[k]}, out.sizes().vec(),
+                  out.scalar_type());
+    }
+  }
+}
+
+bool PipelineExecutor::can_post_early(const Transfer& t) {
+  Chunk& c = chunk(t.chunk);
+  if (t.kind == Transfer::Kind::RecvAct) {
+    for (const auto& [peer, ins_] : c.recv_from) {
+      if (peer % ranks_ == rank_) return false;
+      for (int pos : ins_)
+        if (!c.input_shapes.at(pos).first) return false;
+    }
+    return true;
+  }
+  if (t.kind != Transfer::Kind::RecvGrad) return false;
+  for (const auto& [peer, outs] : c.send_to)
+    if (peer % ranks_ == rank_) return false;
+  // The gradients' shapes are the outputs' own: known once the forward ran.
+  auto it = c.live.find(t.microbatch);
+  return it != c.live.end() && !it->second->activations.outputs.empty();
+}
+
+void PipelineExecutor::post_receives_ahead(size_t index) {
+  size_t next = index + 1;
+  while (next < program_.size() && program_[next].transfers.empty()) ++next;
+  if (next >= program_.size() || early_.count(next)) return;
+  auto posted = std::make_unique<PostedTransfers>();
+  std::vector<RecvRequest> requests;
+  for (const Transfer& t : program_[next].transfers)
+    if (can_post_early(t)) {
+      post_receive(t, *posted, requests);
+      posted->covered.push_back(t);
+    }
+  if (posted->covered.empty()) return;
+  posted->receives = groups_.pp->post_receives(std::move(requests));
+  early_[next] = std::move(posted);
+}
+
+PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(size_t index) {
+  PostedTransfers posted;
+  if (auto it = early_.find(index); it != early_.end()) {
+    posted.ahead = std::move(it->second);
+    early_.erase(it);
+  }
+  auto covered = [&](const Transfer& t) {
+    return posted.ahead && std::find(posted.ahead->covered.begin(), posted.ahead->covered.end(), t) !=
+                               posted.ahead->covered.end();
+  };
+  std::vector<RecvRequest> requests;
+  for (const Transfer& t : program_[index].transfers) {
     Chunk& c = chunk(t.chunk);
     const int mb = t.microbatch;
     switch (t.kind) {
@@ -465,12 +533,6 @@ PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::ve
         for (const auto& [peer, outs] : c.send_to)
           for (size_t k = 0; k < outs.size(); ++k)
             send(c.state_of(mb).activations.outputs.at(outs[k]), c.stage, peer, mb, false, static_cast<int>(k));
-        break;
-      case Transfer::Kind::RecvAct:
-        for (const auto& [peer, ins_] : c.recv_from)
-          for (size_t k = 0; k < ins_.size(); ++k)
-            receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, false, ins_[k]}, c.input_shapes.at(ins_[k]).first,
-                    c.input_shapes.at(ins_[k]).second);
         break;
       case Transfer::Kind::SendGrad:
         posted.sent_gradients.emplace_back(t.chunk, mb);
@@ -484,14 +546,9 @@ PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::ve
           }
         }
         break;
+      case Transfer::Kind::RecvAct:
       case Transfer::Kind::RecvGrad:
-        for (const auto& [peer, outs] : c.send_to) {
-          auto& s = c.state_of(mb);
-          for (size_t k = 0; k < outs.size(); ++k)
-            if (const auto& out = s.activations.outputs.at(outs[k]); out.requires_grad())
-              receive(peer, c.stage, static_cast<int>(k), {t.chunk, mb, true, outs[k]}, out.sizes().vec(),
-                      out.scalar_type());
-        }
+        if (!covered(t)) post_receive(t, posted, requests);
         break;
     }
   }
@@ -500,6 +557,7 @@ PipelineExecutor::PostedTransfers PipelineExecutor::post_transfers(const std::ve
 }
 
 void PipelineExecutor::finish_transfers(PostedTransfers posted) {
+  if (posted.ahead) finish_transfers(std::move(*posted.ahead));
   auto received = groups_.pp->finish_receives(std::move(posted.receives));
   std::vector<PostedTransfers::Target> targets = std::move(posted.targets);
   for (auto& [key, target] : posted.local) {

@@ -206,6 +206,7 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
   const bool shared = machine.cores > 0 || !machine.shared_speed.empty();
   o.mode = machine.buffered_sends ? SendMode::Buffered : SendMode::Blocking;
   o.rendezvous = machine.rendezvous_sends;
+  o.receives_ahead = true;  // as the executor posts them
   o.instruction_overhead = machine.instruction_overhead_s;
   const int world = layout.dp * layout.pp * layout.tp;
   o.step_sync = machine.allreduce(16, world, world);
@@ -213,20 +214,12 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
   const auto topology = StageTopology::chain(layout.pp * layout.virtual_stages);
   const auto times = stage_times(work, layout, machine);
   for (const StageWork& w : work) o.jitter += w.jitter / static_cast<double>(work.size());
-  // k simulated ranks computing are k tp groups of this replica, plus the
-  // other replicas' ranks for the share of the step they compute.
-  double busy = 1;
-  SimulationReport report;
-  for (int round = 0; round < (shared && layout.dp > 1 ? 4 : 1); ++round) {
-    o.speed.clear();
-    if (shared)
-      for (int k = 1; k <= layout.pp; ++k)
-        o.speed.push_back(machine.pace(layout.tp * (k + (layout.dp - 1) * layout.pp * busy)) /
-                          machine.pace(profiled_processes));
-    report = play_with_jitter(program, layout.microbatches, topology, times, o);
-    busy = 1 - report.bubble;
-  }
-  return report;
+  // k simulated ranks computing are k tp groups in each replica: replicas
+  // run the same program in step, so they compute (and wait) together.
+  if (shared)
+    for (int k = 1; k <= layout.pp; ++k)
+      o.speed.push_back(machine.pace(layout.dp * layout.tp * k) / machine.pace(profiled_processes));
+  return play_with_jitter(program, layout.microbatches, topology, times, o);
 }
 
 nlohmann::json stage_times_to_json(const std::vector<StageTimes>& times) {

@@ -44,6 +44,9 @@ struct RankClock {
   double computed = 0;   // compute time of the current instruction
   double wait_until = -1;  // ReduceGrads: its end; -1 none
   std::vector<Wire> wires;  // posted, not yet complete
+  // Receives posted ahead of the instruction (by index) that waits for them,
+  // and which of its transfers they are.
+  std::map<size_t, std::pair<std::vector<Transfer>, std::vector<Wire>>> ahead;
   bool post_pending = false;  // a Communicate posts its transfers once its overhead is spent
   double final_backward_start = 0;
   int backwards_left = 0;  // in the whole step, all chunks
@@ -72,6 +75,8 @@ class TimedPlay {
   double compute_time(int r, const Instruction& ins);
   double work_time(int r, const Instruction& ins);
   void post(int r, const std::vector<Transfer>& transfers);
+  void post(int r, const Transfer& t, std::vector<Wire>& into);
+  void post_receives_ahead(int r);
   void start(int r);
   void match();
   bool waiting_done(const RankClock& c) const;
@@ -114,15 +119,49 @@ double TimedPlay::work_time(int r, const Instruction& ins) {
   }
 }
 
+void TimedPlay::post(int r, const Transfer& t, std::vector<Wire>& into) {
+  const int stage = stage_of(r, t.chunk);
+  const bool send = t.kind == Kind::SendAct || t.kind == Kind::SendGrad;
+  const bool grad = t.kind == Kind::SendGrad || t.kind == Kind::RecvGrad;
+  const bool downstream = t.kind == Kind::SendAct || t.kind == Kind::RecvGrad;
+  for (int peer : downstream ? topo_.consumers[stage] : topo_.producers(stage))
+    into.push_back({send, grad, t.microbatch, stage, peer, now_});
+}
+
+// The current instruction's transfers, less the receives posted ahead of it
+// (whose wires join, posted when they were).
 void TimedPlay::post(int r, const std::vector<Transfer>& transfers) {
-  for (const Transfer& t : transfers) {
-    const int stage = stage_of(r, t.chunk);
-    const bool send = t.kind == Kind::SendAct || t.kind == Kind::SendGrad;
-    const bool grad = t.kind == Kind::SendGrad || t.kind == Kind::RecvGrad;
-    const bool downstream = t.kind == Kind::SendAct || t.kind == Kind::RecvGrad;
-    for (int peer : downstream ? topo_.consumers[stage] : topo_.producers(stage))
-      clocks_[r].wires.push_back({send, grad, t.microbatch, stage, peer, now_});
+  RankClock& c = clocks_[r];
+  std::vector<Transfer> early;
+  if (auto it = c.ahead.find(c.pc); it != c.ahead.end()) {
+    early = std::move(it->second.first);
+    for (Wire& w : it->second.second) c.wires.push_back(w);
+    c.ahead.erase(it);
   }
+  for (const Transfer& t : transfers)
+    if (std::find(early.begin(), early.end(), t) == early.end()) post(r, t, c.wires);
+}
+
+// As the executor does before each instruction: the receives of the next
+// instruction with transfers, where their shapes are known (a gradient's once
+// its microbatch's forward ran here) and they come from another rank.
+void TimedPlay::post_receives_ahead(int r) {
+  RankClock& c = clocks_[r];
+  size_t next = c.pc + 1;
+  while (next < program_[r].size() && program_[r][next].transfers.empty()) ++next;
+  if (next >= program_[r].size() || c.ahead.count(next)) return;
+  std::pair<std::vector<Transfer>, std::vector<Wire>> posted;
+  for (const Transfer& t : program_[r][next].transfers) {
+    const int stage = stage_of(r, t.chunk);
+    const bool act = t.kind == Kind::RecvAct;
+    if (!act && t.kind != Kind::RecvGrad) continue;
+    const auto peers = act ? topo_.producers(stage) : topo_.consumers[stage];
+    if (std::any_of(peers.begin(), peers.end(), [&](int p) { return rank_of(p) == r; })) continue;
+    if (!act && kept_[stage][t.microbatch] == Kept::Nothing) continue;
+    posted.first.push_back(t);
+    post(r, t, posted.second);
+  }
+  if (!posted.first.empty()) c.ahead[next] = std::move(posted);
 }
 
 void TimedPlay::record(int r, char kind, int stage) {
@@ -135,6 +174,7 @@ void TimedPlay::start(int r) {
   const Instruction& ins = current(r);
   c.started = now_;
   c.computed = 0;
+  if (options_.receives_ahead) post_receives_ahead(r);
   switch (ins.op) {
     case Op::Forward:
     case Op::ForwardCheckpoint:

@@ -147,6 +147,27 @@ TEST(ScheduleSimulator, RendezvousSendsLeaveOnceTheReceiveIsPosted) {
   // A0 arrives at 1.5 either way; A1 at 2.5 (buffered, waiting for the
   // receive at 4.5) or at 4.5 + 0.5 (rendezvous).
   EXPECT_DOUBLE_EQ(rendezvous - buffered, 0.5);
+  // Posted ahead (as stage 1 starts its first instruction), the receive of
+  // A1 is waiting when A1 is sent: it arrives at 2.5 again.
+  o.receives_ahead = true;
+  EXPECT_DOUBLE_EQ(simulate_schedule(program, 2, StageTopology::chain(2), times, o).makespan, buffered);
+}
+
+TEST(ScheduleSimulator, ReceivesAheadKeepEveryScheduleValidAndNeverSlower) {
+  std::vector<StageTimes> times(4);
+  for (auto& t : times) t.activation_transfer = t.gradient_transfer = 0.3, t.recompute = 0.5;
+  for (const std::string name : {"1f1b", "gpipe", "interleaved_1f1b", "shifted_critical_path"}) {
+    const int v = name == "interleaved_1f1b" ? 2 : 1;
+    const auto program = pipeline_schedule(name, 4 / v, 8, v);
+    SimulationOptions o;
+    o.mode = SendMode::Buffered;
+    o.rendezvous = true;
+    const double late = simulate_schedule(program, 8, StageTopology::chain(4), times, o).makespan;
+    o.receives_ahead = true;
+    const double ahead = simulate_schedule(program, 8, StageTopology::chain(4), times, o).makespan;
+    EXPECT_LE(ahead, late + 1e-12) << name;
+    EXPECT_GT(ahead, 0) << name;
+  }
 }
 
 TEST(ScheduleSimulator, JitterVariesInstructionsAroundTheirMeanAndDelaysThePipeline) {

@@ -154,10 +154,22 @@ class PipelineExecutor {
   // F (`checkpoint` false) or F* (keep only the stage's inputs).
   void forward(const Instruction& ins, const SampleBatch& batch, int64_t first_microbatch, bool checkpoint);
   void backward(const Instruction& ins);
-  void communicate(const Instruction& ins);
-  // R: its transfers posted, the microbatch recomputed, then the transfers finished.
-  void recompute(const Instruction& ins);
-  PostedTransfers post_transfers(const std::vector<Transfer>& transfers);
+  // Instruction `index` of the program: its transfers posted, then finished.
+  void communicate(size_t index);
+  // R (instruction `index`): its transfers posted, the microbatch recomputed,
+  // then the transfers finished.
+  void recompute(size_t index);
+  // Starts the sends and posts the receives of instruction `index` (those
+  // posted ahead of it are taken over, not posted again).
+  PostedTransfers post_transfers(size_t index);
+  // Posts, before instruction `index` runs, the receives of the next
+  // instruction after it that has transfers, where their shapes are known
+  // (docs/design.md §6: receives posted one batch ahead).
+  void post_receives_ahead(size_t index);
+  // Whether receive transfer `t` can be posted now: every tensor it brings
+  // has a known shape and comes from another rank.
+  bool can_post_early(const Transfer& t);
+  void post_receive(const Transfer& t, PostedTransfers& posted, std::vector<RecvRequest>& requests);
   void finish_transfers(PostedTransfers posted);
   // Sends (or, to a stage of this rank, hands over) the tensors of one transfer.
   void send(const torch::Tensor& t, int from_stage, int to_stage, int mb, bool grad, int slot);
@@ -184,6 +196,8 @@ class PipelineExecutor {
   std::unique_ptr<GradientBuckets> buckets_;
   // Transfers between two stages of this rank: (grad, microbatch, from, to, slot) -> tensor.
   std::map<std::tuple<bool, int, int, int, int>, torch::Tensor> local_;
+  // Receives posted ahead of the instruction (by index) that waits for them.
+  std::map<size_t, std::unique_ptr<PostedTransfers>> early_;
   int microbatches_ = 0;
   int last_backward_ = -1;  // instruction index of the step's final backward
   torch::Tensor loss_sum_;

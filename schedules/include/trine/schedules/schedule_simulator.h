@@ -67,6 +67,11 @@ struct SimulationOptions {
   // over TCP): a receive completes its transfer time after both sides have
   // posted, rather than after the send alone.
   bool rendezvous = false;
+  // The executor posts, as each instruction starts, the receives of the next
+  // instruction with transfers (activations; gradients of microbatches
+  // already forwarded on that stage), so that their data can arrive while it
+  // computes.
+  bool receives_ahead = false;
 };
 
 // One instruction of one rank, from when it started to when the rank moved on.
