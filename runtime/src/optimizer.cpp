@@ -24,4 +24,47 @@ double optimizer_state_factor(const OptimizerConfig& o) {
   return o.momentum != 0 ? 1 : 0;
 }
 
+std::map<std::string, torch::Tensor> optimizer_state_of(const torch::optim::Optimizer& optimizer,
+                                                        const OptimizerConfig& config, const torch::Tensor& param) {
+  auto it = optimizer.state().find(param.unsafeGetTensorImpl());
+  if (it == optimizer.state().end()) return {};
+  if (config.name == "adamw") {
+    const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+    return {{"exp_avg", s.exp_avg()}, {"exp_avg_sq", s.exp_avg_sq()}, {"step", torch::tensor(s.step())}};
+  }
+  const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
+  if (!s.momentum_buffer().defined()) return {};
+  return {{"momentum_buffer", s.momentum_buffer()}};
+}
+
+void set_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerConfig& config, const torch::Tensor& param,
+                         const std::map<std::string, torch::Tensor>& state, const std::string& what) {
+  auto take = [&](const std::string& key, bool like_param) {
+    auto it = state.find(key);
+    TORCH_CHECK(it != state.end(), what, ": the optimizer state has no \"", key, "\" (was it written by another optimizer "
+                "than config.optimizer.name \"", config.name, "\"?)");
+    TORCH_CHECK(!like_param || it->second.sizes() == param.sizes(), what, ": optimizer state \"", key, "\" has shape ",
+                it->second.sizes(), ", the parameter ", param.sizes());
+    return it->second.to(param.device(), param.scalar_type()).clone();
+  };
+  void* key = param.unsafeGetTensorImpl();
+  if (state.empty()) {
+    optimizer.state().erase(key);
+    return;
+  }
+  if (config.name == "adamw") {
+    auto s = std::make_unique<torch::optim::AdamWParamState>();
+    s->exp_avg(take("exp_avg", true));
+    s->exp_avg_sq(take("exp_avg_sq", true));
+    auto step = state.find("step");
+    TORCH_CHECK(step != state.end(), what, ": the optimizer state has no \"step\"");
+    s->step(step->second.item<int64_t>());
+    optimizer.state()[key] = std::move(s);
+    return;
+  }
+  auto s = std::make_unique<torch::optim::SGDParamState>();
+  s->momentum_buffer(take("momentum_buffer", true));
+  optimizer.state()[key] = std::move(s);
+}
+
 }  // namespace trine

@@ -208,6 +208,16 @@ torch::Tensor PipelineExecutor::parameter(int id) const {
   return torch::Tensor();
 }
 
+torch::Tensor PipelineExecutor::stage_parameter(int stage, int id) const {
+  for (const auto& c : chunks_)
+    if (c->stage == stage) {
+      const auto& held = c->execution->parameters();
+      auto it = held.find(id);
+      return it != held.end() ? it->second : torch::Tensor();
+    }
+  return torch::Tensor();
+}
+
 void PipelineExecutor::start_tracing(std::chrono::steady_clock::time_point origin) {
   tracing_ = true;
   trace_origin_ = origin;

@@ -112,6 +112,8 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
     auto k = r.object("checkpoint");
     c.checkpoint_dir = k.get("dir", c.checkpoint_dir);
     c.checkpoint_every = k.get("every", c.checkpoint_every);
+    c.checkpoint_keep = k.get("keep", c.checkpoint_keep);
+    c.checkpoint_resume = k.get("resume", c.checkpoint_resume);
     k.finish();
   }
   return c;
@@ -178,6 +180,10 @@ void TrainConfig::check() const {
   TORCH_CHECK(bucket_bytes > 0, "config.bucket_bytes must be positive, got ", bucket_bytes);
   TORCH_CHECK(max_skipped_steps >= 1, "config.max_skipped_steps must be at least 1, got ", max_skipped_steps);
   TORCH_CHECK(log_every >= 0 && checkpoint_every >= 0, "config.logging.every and config.checkpoint.every must be >= 0");
+  TORCH_CHECK(checkpoint_keep >= 1, "config.checkpoint.keep must be >= 1 (the newest checkpoints kept), not ",
+              checkpoint_keep);
+  TORCH_CHECK(!checkpoint_resume || !checkpoint_dir.empty(),
+              "config.checkpoint.resume needs config.checkpoint.dir: the directory to resume from");
   TORCH_CHECK(trace_steps >= 1, "config.logging.trace_steps is ", trace_steps,
               ": give the number of first steps to trace (>= 1), or leave out config.logging.trace");
 }

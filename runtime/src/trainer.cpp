@@ -1,6 +1,7 @@
 #include "trine/runtime/trainer.h"
 
 #include "auto_layout.h"
+#include "checkpoint.h"
 #include "step_trace.h"
 #include "trine/runtime/step_prediction.h"
 
@@ -191,6 +192,8 @@ struct Trainer::Impl {
   // This rank's stages rewritten for its tp rank, and its parameter slices.
   void shard_stages(std::vector<StageProgram>& stages);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
+  CheckpointParts checkpoint_parts() const;
+  void resume(c10d::Store& store);
   // Per stage, the layers it recomputes (config.recompute under this schedule).
   std::vector<StageRecompute> recompute_plan(const std::vector<StageProgram>& stages) const;
 };
@@ -556,6 +559,7 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   prove_schedule(config, *m.plan, stages, device);
   m.agree_on_emulation(*store, stages, first);
   m.build_executor(std::move(stages), groups, device);
+  if (config.checkpoint_resume) m.resume(*store);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
   m.trace_origin = std::chrono::steady_clock::now();
@@ -779,17 +783,44 @@ FitReport Trainer::fit(const std::function<SampleBatch(int64_t)>& data, int64_t 
 
 void Trainer::save_checkpoint(const std::string& dir) const {
   const Impl& m = *impl_;
-  if (m.replica != 0) return;
-  make_directories(dir);
-  for (int stage : m.executor->stages()) {
-    torch::serialize::OutputArchive archive;
-    for (int p : m.executor->stage_program(stage).params)
-      archive.write(m.proxy.params[p].name, m.executor->parameter(p).detach().cpu());
-    std::ostringstream bytes;
-    archive.save_to(bytes);
-    const std::string tp_part = m.config.parallel.tp > 1 ? "-tp" + std::to_string(m.tp_rank) : "";
-    write_file_atomically(dir + "/stage-" + std::to_string(stage) + tp_part + ".pt", bytes.str());
+  write_checkpoint(m.checkpoint_parts(), {m.step, m.skipped_total}, m.plan->to_json(), dir,
+                   static_cast<int>(m.config.checkpoint_keep));
+}
+
+CheckpointParts Trainer::Impl::checkpoint_parts() const {
+  CheckpointParts parts;
+  parts.proxy = &proxy;
+  parts.executor = executor.get();
+  parts.optimizer = optimizer.get();
+  parts.config = &config;
+  parts.shards = &tp_shards;
+  parts.tp_rank = tp_rank;
+  parts.replica = replica;
+  parts.rank = rank;
+  parts.world = world.get();
+  return parts;
+}
+
+// config.checkpoint.resume: rank 0 picks the newest complete checkpoint and
+// tells the others through the store (all read the same one, even if a
+// directory appeared meanwhile); none is a fresh start.
+void Trainer::Impl::resume(c10d::Store& store) {
+  if (rank == 0) {
+    const std::string newest = newest_checkpoint(config.checkpoint_dir);
+    store.set("resume_from", std::vector<uint8_t>(newest.begin(), newest.end()));
   }
+  const auto bytes = store.get("resume_from");
+  const std::string from(bytes.begin(), bytes.end());
+  if (from.empty()) {
+    if (rank == 0) std::fprintf(stderr, "trine: no complete checkpoint in '%s': starting afresh\n",
+                                config.checkpoint_dir.c_str());
+    return;
+  }
+  const CheckpointProgress progress = read_checkpoint(checkpoint_parts(), from);
+  step = progress.step;
+  skipped_total = progress.skipped_total;
+  if (rank == 0)
+    std::fprintf(stderr, "trine: resumed from '%s' after step %lld\n", from.c_str(), static_cast<long long>(step));
 }
 
 const ProxyGraph& Trainer::proxy() const { return impl_->proxy; }

@@ -101,4 +101,16 @@ torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, 
   return torch::cat(parts, shard.dim);
 }
 
+torch::Tensor whole_of(const std::vector<torch::Tensor>& slices, const ParameterShard& shard) {
+  TORCH_CHECK(!slices.empty(), "no slices to join");
+  if (shard.whole()) return slices.front();
+  std::vector<torch::Tensor> blocks;
+  for (int b = 0; b < shard.blocks; ++b) {
+    std::vector<torch::Tensor> pieces;
+    for (const auto& s : slices) pieces.push_back(s.chunk(shard.blocks, shard.dim).at(b));
+    blocks.push_back(torch::cat(pieces, shard.dim));
+  }
+  return torch::cat(blocks, shard.dim);
+}
+
 }  // namespace trine

@@ -4,6 +4,8 @@
 // one process (nn::Module and TorchScript models, checkpoints).
 #include "../support/error_of.h"
 #include "../support/reference.h"
+#include "trine/common/files.h"
+#include "trine/common/safetensors.h"
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
 #include "trine/runtime/launch.h"
@@ -12,6 +14,7 @@
 #include "trine/runtime/trainer.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/script.h>
 
@@ -67,7 +70,7 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
                   "beta1": 0.8, "beta2": 0.9, "eps": 1e-6},
     "lr_schedule": {"warmup_steps": 10, "decay": "constant", "min_lr": 0.01, "total_steps": 100},
     "steps": 7, "seed": 3, "device": "cpu", "timeout_s": 5, "bucket_bytes": 1024,
-    "logging": {"every": 2}, "checkpoint": {"dir": "ck", "every": 3}})"));
+    "logging": {"every": 2}, "checkpoint": {"dir": "ck", "every": 3, "keep": 2, "resume": true}})"));
   EXPECT_EQ(c.parallel.pp, 4);
   EXPECT_EQ(c.parallel.order, "dp-tp-pp");
   EXPECT_EQ(c.microbatches, 8);
@@ -76,6 +79,8 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_DOUBLE_EQ(c.optimizer.momentum, 0.9);
   EXPECT_EQ(c.lr_schedule.decay, "constant");
   EXPECT_EQ(c.checkpoint_every, 3);
+  EXPECT_EQ(c.checkpoint_keep, 2);
+  EXPECT_TRUE(c.checkpoint_resume);
   EXPECT_EQ(c.log_every, 2);
   EXPECT_EQ(c.tensor_parallel.dropout, "per_shard");
   EXPECT_NO_THROW(c.check());
@@ -97,6 +102,11 @@ TEST(TrainConfig, ReadsEveryKeyAndRejectsUnknownOnesAndWrongTypes) {
   EXPECT_NE(bad([](TrainConfig& c) { c.schedule = "zb"; }).find("config.schedule 'zb' is unknown"), std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.optimizer.name = "adam"; }).find("use \"adamw\" or \"sgd\""), std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.microbatches = 0; }).find("config.microbatches must be at least 1"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.checkpoint_resume = true; })
+                .find("config.checkpoint.resume needs config.checkpoint.dir"),
+            std::string::npos);
+  EXPECT_NE(bad([](TrainConfig& c) { c.checkpoint_keep = 0; }).find("config.checkpoint.keep must be >= 1"),
             std::string::npos);
   EXPECT_NE(bad([](TrainConfig& c) { c.tensor_parallel.sub_microbatches = 2; })
                 .find("config.tensor_parallel.sub_microbatches is 2, but config.parallel.tp is 1"),
@@ -420,19 +430,19 @@ TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
     EXPECT_NEAR(report.losses[step], loss.item<double>(), 1e-5 * loss.item<double>()) << "step " << step;
   }
   EXPECT_GT(report.flops_per_second, 0);
-  torch::serialize::InputArchive archive;
-  archive.load_from(dir + "/stage-0.pt");
-  torch::Tensor saved;
-  archive.read("w1", saved);
-  EXPECT_TRUE(torch::equal(saved, trainer.parameter("w1").detach()));
-  // Only the checkpoint: no temporary file left beside it.
-  std::vector<std::string> files;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* e = ::readdir(d))
-      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") files.push_back(e->d_name);
-    ::closedir(d);
-  }
-  EXPECT_EQ(files, std::vector<std::string>{"stage-0.pt"});
+  // The checkpoint after step 40: complete, the parameters and AdamW state
+  // by name, and nothing else left in the directory.
+  EXPECT_EQ(list_directory(dir), std::vector<std::string>{"step-000000040"});
+  const std::string step_dir = dir + "/step-000000040";
+  EXPECT_EQ(list_directory(step_dir),
+            (std::vector<std::string>{"COMPLETE", "meta.json", "stage-0-tp0.safetensors"}));
+  const SafetensorsFile saved(step_dir + "/stage-0-tp0.safetensors");
+  EXPECT_TRUE(torch::equal(saved.tensor("param/w1"), trainer.parameter("w1").detach()));
+  EXPECT_EQ(saved.tensor("optim/w1/step").item<int64_t>(), 40);
+  EXPECT_EQ(saved.tensor("optim/w1/exp_avg").sizes(), trainer.parameter("w1").sizes());
+  const auto meta = nlohmann::json::parse(read_file(step_dir + "/meta.json"));
+  EXPECT_EQ(meta.at("step"), 40);
+  EXPECT_EQ(meta.at("parameters").at("w1").at("shape"), trainer.parameter("w1").sizes().vec());
   std::system(("rm -rf " + std::string(tmpl)).c_str());
 }
 
@@ -499,14 +509,10 @@ TEST(Trainer, BatchNormBuffersUpdateOncePerMicrobatchAsInSequentialTraining) {
   char tmpl[] = "/tmp/trine-test-bn-XXXXXX";
   TORCH_CHECK(::mkdtemp(tmpl), "mkdtemp failed");
   trainer.save_checkpoint(tmpl);
-  torch::serialize::InputArchive archive;
-  archive.load_from(std::string(tmpl) + "/stage-0.pt");
-  torch::Tensor saved;
-  archive.read("bn.running_var", saved);
-  EXPECT_TRUE(torch::equal(saved, trainer.parameter("bn.running_var")));
-  torch::Tensor count;
-  archive.read("bn.num_batches_tracked", count);
-  EXPECT_EQ(count.item<int64_t>(), 10);
+  const SafetensorsFile saved(std::string(tmpl) + "/step-000000005/stage-0-tp0.safetensors");
+  EXPECT_TRUE(torch::equal(saved.tensor("param/bn.running_var"), trainer.parameter("bn.running_var")));
+  EXPECT_EQ(saved.tensor("param/bn.num_batches_tracked").item<int64_t>(), 10);
+  EXPECT_FALSE(saved.contains("optim/bn.running_var/momentum_buffer"));  // buffers have no optimizer state
   std::system(("rm -rf " + std::string(tmpl)).c_str());
 }
 
@@ -576,6 +582,52 @@ TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {
                      "shape [8] (Long)"),
             std::string::npos)
       << err;
+}
+
+// Resuming (docs/design.md §7a) from a checkpoint of another model or
+// optimizer is an error naming the parameter or the optimizer; an empty
+// directory is a fresh start.
+TEST(Trainer, ResumingChecksTheCheckpointAgainstTheModel) {
+  Env e({});
+  char tmpl[] = "/tmp/trine-test-resume-XXXXXX";
+  TORCH_CHECK(::mkdtemp(tmpl), "mkdtemp failed");
+  const std::string dir = tmpl;
+  auto config = [&](bool resume) {
+    TrainConfig c;
+    c.global_batch = 4;
+    c.microbatches = 2;
+    c.steps = 2;
+    c.log_every = 0;
+    c.checkpoint_dir = dir;
+    c.checkpoint_resume = resume;
+    return c;
+  };
+  ModelSpec spec = testing::small_gpt_spec();
+  spec.batch = 4;
+  {
+    ExampleModel model = make_example_model(spec);
+    Trainer fresh(model.module, model.loss, model.batch(0), config(true));
+    EXPECT_EQ(fresh.steps_done(), 0);  // nothing to resume from
+    fresh.fit([&](int64_t s) { return model.batch(s); });
+  }
+  {
+    ExampleModel model = make_example_model(spec);
+    Trainer resumed(model.module, model.loss, model.batch(0), config(true));
+    EXPECT_EQ(resumed.steps_done(), 2);
+  }
+  ModelSpec wider = spec;
+  wider.hidden *= 2;
+  ExampleModel other = make_example_model(wider);
+  const std::string shape_error =
+      error_of([&] { Trainer t(other.module, other.loss, other.batch(0), config(true)); });
+  EXPECT_NE(shape_error.find("step-000000002': parameter '"), std::string::npos) << shape_error;
+  EXPECT_NE(shape_error.find("has shape"), std::string::npos) << shape_error;
+  ExampleModel same = make_example_model(spec);
+  TrainConfig sgd = config(true);
+  sgd.optimizer.name = "sgd";
+  const std::string optimizer_error = error_of([&] { Trainer t(same.module, same.loss, same.batch(0), sgd); });
+  EXPECT_NE(optimizer_error.find("holds the state of optimizer \"adamw\""), std::string::npos) << optimizer_error;
+  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -183,6 +183,12 @@ TEST(ShardingAnalysis, ParameterShardsFollowTheDecisions) {
     back.push_back(r1.narrow(0, 16 * b, 16));
   }
   EXPECT_TRUE(torch::equal(torch::cat(back, 0), w));
+  // whole_of joins the slices back (checkpoints re-cut them for another tp).
+  EXPECT_TRUE(torch::equal(whole_of({r0, r1}, qkv), w));
+  std::vector<torch::Tensor> fours;
+  for (int r = 0; r < 4; ++r) fours.push_back(shard_of(w, qkv, r, 4));
+  EXPECT_TRUE(torch::equal(whole_of(fours, qkv), w));
+  EXPECT_TRUE(torch::equal(whole_of({w}, ParameterShard{}), w));
 }
 
 // Views: heads out of features, features back from heads, batch x heads

@@ -6,7 +6,9 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace trine {
@@ -20,5 +22,15 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, const OptimizerConfig
 // Bytes of optimizer state per byte of trainable parameter: AdamW 2 (two
 // moments), SGD with momentum 1, plain SGD 0.
 double optimizer_state_factor(const OptimizerConfig& config);
+
+// One parameter's optimizer state as named tensors, for checkpoints: AdamW
+// "exp_avg", "exp_avg_sq" (the parameter's shape) and "step" (0-d int64);
+// SGD with momentum "momentum_buffer". Empty before the parameter's first step.
+std::map<std::string, torch::Tensor> optimizer_state_of(const torch::optim::Optimizer& optimizer,
+                                                        const OptimizerConfig& config, const torch::Tensor& param);
+// Sets it (copies of `state`, on the parameter's device); errors name the
+// missing entry or the wrong shape.
+void set_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerConfig& config, const torch::Tensor& param,
+                         const std::map<std::string, torch::Tensor>& state, const std::string& what);
 
 }  // namespace trine

@@ -128,6 +128,8 @@ class PipelineExecutor {
   // The copy of parameter `id` (ProxyGraph parameter id) held here (by the
   // first of this rank's stages that holds it), or undefined.
   torch::Tensor parameter(int id) const;
+  // The copy of parameter `id` held by `stage` (one of this rank's), or undefined.
+  torch::Tensor stage_parameter(int stage, int id) const;
   const GradientBuckets& buckets() const { return *buckets_; }
   // Buffers this rank's stages update in a way that cannot be combined across
   // replicas exactly: after each step they take replica 0's values.

@@ -94,8 +94,10 @@ struct TrainConfig {
   bool measure_memory = false;    // logging.memory: each step's peak allocated bytes (StepTimings::peak_bytes)
   std::string trace_file;         // logging.trace: every rank's instructions of the first trace_steps steps,
   int64_t trace_steps = 2;        //   one Chrome/Perfetto trace written by rank 0; empty: no trace
-  std::string checkpoint_dir;     // where fit() saves parameters; empty: nowhere
+  std::string checkpoint_dir;     // where fit() saves checkpoints (runtime/src/checkpoint.h); empty: nowhere
   int64_t checkpoint_every = 0;   // also every N steps; 0: only at the end
+  int64_t checkpoint_keep = 3;    // the newest N complete checkpoints are kept
+  bool checkpoint_resume = false; // continue from the newest complete checkpoint in checkpoint_dir, if any
 
   // Reads the keys above from `r` (nested objects "parallel", "tensor_parallel", "partition",
   // "optimizer", "lr_schedule", "recompute", "memory", "logging", "checkpoint"); the caller finishes `r`.

@@ -48,7 +48,10 @@ class Trainer {
   double step(const SampleBatch& global_batch);
   // Steps from the current one up to `steps` (default: config.steps), printing
   // a progress line on rank 0 (step, loss, learning rate, samples/s, FLOP/s),
-  // saving parameters to config.checkpoint_dir if set.
+  // saving checkpoints to config.checkpoint_dir if set (every
+  // config.checkpoint.every steps and after the last). With
+  // config.checkpoint.resume the trainer starts at the newest checkpoint's
+  // step (steps_done()), so fit() continues the run from there.
   FitReport fit(const std::function<SampleBatch(int64_t step)>& data, int64_t steps = -1);
 
   int rank() const;
@@ -92,9 +95,11 @@ class Trainer {
   // and buffer of its stages: 0 when they are identical, as they must stay.
   // Collective over the tp group (every member calls it).
   double tensor_parallel_divergence() const;
-  // Writes this stage's parameters to `dir`/stage-<s>.pt (replica 0 only;
-  // under tensor parallelism each tp rank its slices, to stage-<s>-tp<r>.pt),
-  // through a temporary file renamed into place.
+  // Collective over every rank: writes the checkpoint of the steps done so
+  // far to `dir`/step-<N> (parameters, buffers and optimizer state per stage
+  // and tp rank, progress, layout and plan; atomically, complete when it holds
+  // COMPLETE) and keeps the newest config.checkpoint.keep. Format and
+  // guarantees: docs/design.md §7a.
   void save_checkpoint(const std::string& dir) const;
 
  private:

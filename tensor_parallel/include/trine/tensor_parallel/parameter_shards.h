@@ -9,6 +9,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace trine {
 
@@ -23,5 +24,8 @@ std::map<std::string, ParameterShard> parameter_shards(const TracedModel& model,
 
 // Rank `rank` of `tp`'s slice of `whole` (a copy; `whole` itself when not cut).
 torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp);
+// The inverse: the whole tensor from every rank's slice (rank order), as
+// checkpoints re-cut parameters for another tp degree.
+torch::Tensor whole_of(const std::vector<torch::Tensor>& slices, const ParameterShard& shard);
 
 }  // namespace trine
