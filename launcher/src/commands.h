@@ -109,4 +109,11 @@ struct SimulateArgs {
 CLI::App* add_simulate_command(CLI::App& app, SimulateArgs& args);
 int run_simulate(const SimulateArgs& args);
 
+struct ExportArgs {
+  std::string checkpoint;  // a step-<N> directory or a checkpoint.dir
+  std::string out;         // FILE.safetensors or FILE.pt
+};
+CLI::App* add_export_command(CLI::App& app, ExportArgs& args);
+int run_export(const ExportArgs& args);
+
 }  // namespace trine::cli

@@ -1,6 +1,6 @@
 // The `trine` command: inspect a model, plan its pipeline stages, check a plan,
-// train it staged in one process, train it across processes (`train`), or
-// simulate a schedule (`simulate`).
+// train it staged in one process, train it across processes (`train`),
+// simulate a schedule (`simulate`), or export a checkpoint's model (`export`).
 #include "commands.h"
 
 #include "trine/runtime/launch.h"
@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   TrainArgs dist_args;
   TokenizeArgs tokenize_args;
   SimulateArgs simulate_args;
+  ExportArgs export_args;
   auto* inspect = add_inspect_command(app, inspect_args);
   auto* plan = add_plan_command(app, plan_args);
   auto* check = add_check_plan_command(app, check_args);
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   auto* train = add_train_command(app, dist_args);
   auto* tokenize = add_tokenize_command(app, tokenize_args);
   auto* simulate = add_simulate_command(app, simulate_args);
+  auto* exporting = add_export_command(app, export_args);
 
   try {
     app.parse(argc, argv);
@@ -69,6 +71,7 @@ int main(int argc, char** argv) {
     if (*train) return run_train(dist_args);
     if (*tokenize) return run_tokenize(tokenize_args);
     if (*simulate) return run_simulate(simulate_args);
+    if (*exporting) return run_export(export_args);
   } catch (const c10::Error& e) {
     std::cerr << "trine: error" + rank_suffix() + ": " + e.what_without_backtrace() + "\n" << std::flush;
     return 1;

@@ -1,4 +1,4 @@
-#include "checkpoint.h"
+#include "trine/runtime/checkpoint.h"
 
 #include "trine/common/files.h"
 #include "trine/common/safetensors.h"
@@ -140,26 +140,22 @@ std::string newest_checkpoint(const std::string& dir) {
 
 namespace {
 
-// Reads tensors of the checkpoint by name, joining the tp slices it was
-// written in, and cuts them for this rank.
-class CheckpointReader {
+// The tensors of one checkpoint by name, tp slices joined.
+class CheckpointFiles {
  public:
-  CheckpointReader(const std::string& step_dir, const CheckpointParts& parts)
-      : dir_(step_dir), parts_(parts), meta_(nlohmann::json::parse(read_file(step_dir + "/meta.json"))) {
+  explicit CheckpointFiles(const std::string& step_dir)
+      : dir_(step_dir), meta_(nlohmann::json::parse(read_file(step_dir + "/meta.json"))) {
     TORCH_CHECK(meta_.at("format").get<int>() == kFormat, "checkpoint '", dir_, "' has format ", meta_.at("format"),
                 "; this trine reads format ", kFormat);
     saved_tp_ = meta_.at("layout").at("tp").get<int>();
-    const std::string optimizer = meta_.at("optimizer").get<std::string>();
-    TORCH_CHECK(optimizer == parts.config->optimizer.name, "checkpoint '", dir_, "' holds the state of optimizer \"",
-                optimizer, "\"; config.optimizer.name is \"", parts.config->optimizer.name,
-                "\" (resume with the same optimizer, or start afresh in another checkpoint.dir)");
-    check_parameters_match();
   }
 
   const nlohmann::json& meta() const { return meta_; }
+  const std::string& dir() const { return dir_; }
 
-  // `key` ("param/<name>" or "optim/<name>/<k>") of parameter `name`, for this rank.
-  torch::Tensor read(const std::string& name, const std::string& key, bool like_parameter) {
+  // `key` of parameter `name` whole: its slices joined when it was cut
+  // (`like_parameter`: the parameter's shape; else one whole value).
+  torch::Tensor read_whole(const std::string& name, const std::string& key, bool like_parameter) {
     const nlohmann::json& p = meta_.at("parameters").at(name);
     const int stage = p.at("stages").at(0).get<int>();
     const ParameterShard saved{p.at("shard_dim").get<int>(), p.at("shard_blocks").get<int>()};
@@ -170,7 +166,7 @@ class CheckpointReader {
     const auto shape = p.at("shape").get<std::vector<int64_t>>();
     TORCH_CHECK(whole.sizes() == c10::IntArrayRef(shape), "checkpoint '", dir_, "': '", key, "' joins to shape ",
                 whole.sizes(), ", its meta.json says ", c10::IntArrayRef(shape));
-    return shard_of(whole, shard_in(parts_.shards, name), parts_.tp_rank, parts_.config->parallel.tp);
+    return whole;
   }
 
   // The optimizer keys saved for parameter `name` (none before its first step).
@@ -181,6 +177,39 @@ class CheckpointReader {
     for (const auto& [key, entry] : file(p.at("stages").at(0).get<int>(), 0).entries())
       if (key.rfind(prefix, 0) == 0) keys.push_back(key.substr(prefix.size()));
     return keys;
+  }
+
+ protected:
+  const SafetensorsFile& file(int stage, int tp_rank) {
+    const std::string path = dir_ + "/" + file_of(stage, tp_rank);
+    auto& f = files_[path];
+    if (!f) f = std::make_unique<SafetensorsFile>(path);
+    return *f;
+  }
+
+  std::string dir_;
+  nlohmann::json meta_;
+  int saved_tp_ = 1;
+  std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
+};
+
+// Reads this rank's tensors of the checkpoint: checked against its model
+// and cut for its tp rank.
+class CheckpointReader : public CheckpointFiles {
+ public:
+  CheckpointReader(const std::string& step_dir, const CheckpointParts& parts) : CheckpointFiles(step_dir), parts_(parts) {
+    const std::string optimizer = meta_.at("optimizer").get<std::string>();
+    TORCH_CHECK(optimizer == parts.config->optimizer.name, "checkpoint '", dir_, "' holds the state of optimizer \"",
+                optimizer, "\"; config.optimizer.name is \"", parts.config->optimizer.name,
+                "\" (resume with the same optimizer, or start afresh in another checkpoint.dir)");
+    check_parameters_match();
+  }
+
+  // `key` ("param/<name>" or "optim/<name>/<k>") of parameter `name`, for this rank.
+  torch::Tensor read(const std::string& name, const std::string& key, bool like_parameter) {
+    const torch::Tensor whole = read_whole(name, key, like_parameter);
+    if (!like_parameter) return whole;
+    return shard_of(whole, shard_in(parts_.shards, name), parts_.tp_rank, parts_.config->parallel.tp);
   }
 
  private:
@@ -198,18 +227,7 @@ class CheckpointReader {
                   "', which the model does not have (was it written for another model?)");
   }
 
-  const SafetensorsFile& file(int stage, int tp_rank) {
-    const std::string path = dir_ + "/" + file_of(stage, tp_rank);
-    auto& f = files_[path];
-    if (!f) f = std::make_unique<SafetensorsFile>(path);
-    return *f;
-  }
-
-  std::string dir_;
   const CheckpointParts& parts_;
-  nlohmann::json meta_;
-  int saved_tp_ = 1;
-  std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
 };
 
 }  // namespace
@@ -232,6 +250,32 @@ CheckpointProgress read_checkpoint(const CheckpointParts& parts, const std::stri
                           "checkpoint '" + step_dir + "': parameter '" + name + "'");
     }
   return {reader.meta().at("step").get<int64_t>(), reader.meta().at("skipped_total").get<int64_t>()};
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> checkpoint_parameters(const std::string& step_dir) {
+  TORCH_CHECK(path_exists(step_dir + "/" + kComplete), "'", step_dir, "' is not a complete checkpoint (no ", kComplete,
+              " in it): give a directory step-<N> that holds one, or the checkpoint.dir to take the newest");
+  CheckpointFiles files(step_dir);
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& [name, p] : files.meta().at("parameters").items())
+    out.emplace_back(name, files.read_whole(name, "param/" + name, true));
+  return out;
+}
+
+void write_model_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  auto ends_with = [&](const std::string& tail) {
+    return path.size() >= tail.size() && path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  if (ends_with(".safetensors")) {
+    write_safetensors(path, tensors, {{"format", "pt"}});
+    return;
+  }
+  TORCH_CHECK(ends_with(".pt"), "'", path, "': name the model file FILE.safetensors (safetensors) or FILE.pt "
+              "(PyTorch's format, for torch::pickle_load and torch.load)");
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu());
+  const std::vector<char> bytes = torch::pickle_save(dict);
+  write_file_atomically(path, std::string(bytes.begin(), bytes.end()));
 }
 
 }  // namespace trine

@@ -1,7 +1,7 @@
 #include "trine/runtime/trainer.h"
 
 #include "auto_layout.h"
-#include "checkpoint.h"
+#include "trine/runtime/checkpoint.h"
 #include "step_trace.h"
 #include "trine/runtime/step_prediction.h"
 

@@ -5,7 +5,8 @@
 #   1. rank 1 exits while writing step 4's checkpoint (TRINE_TEST_DIE_IN_CHECKPOINT): the job fails;
 #      step 2's checkpoint is complete, step 4's is not;
 #   2. the same command again resumes after step 2 and trains to step 6;
-#   3. an uninterrupted run in a fresh directory: its steps 2-5 print the same losses.
+#   3. an uninterrupted run in a fresh directory: its steps 2-5 print the same losses;
+#   4. `trine export` writes the newest checkpoint as .safetensors and .pt, which Python reads alike.
 #   checkpoint_crash.sh MPIRUN... -- TRINE CONFIG
 set -u
 mpirun=()
@@ -37,4 +38,11 @@ run "$work/fresh" "$work/fresh.log" || { cat "$work/fresh.log"; fail "the uninte
 grep -q "no complete checkpoint in '$work/fresh': starting afresh" "$work/fresh.log" || fail "a fresh directory should start afresh"
 diff <(losses "$work/fresh.log") <(losses "$work/resumed.log") || fail "resumed losses differ from the uninterrupted run's"
 [[ $(losses "$work/resumed.log" | wc -l) -eq 4 ]] || fail "expected the losses of steps 2-5"
+
+# 4. `trine export` of the newest checkpoint, read from Python (torch.load, and safetensors by its layout).
+"$trine" export --checkpoint "$work/ckpt" --out "$work/model.safetensors" || fail "export to safetensors failed"
+"$trine" export --checkpoint "$work/ckpt/step-000000006" --out "$work/model.pt" || fail "export to .pt failed"
+"${PYTHON:-python3}" "$(dirname "$0")/check_export.py" "$work/model.pt" "$work/model.safetensors" \
+  "$work/ckpt/step-000000006/meta.json" || fail "the exported files do not agree"
+"$trine" export --checkpoint "$work/fresh" --out "$work/model.bin" && fail "export to .bin should be refused"
 echo "PASS: resumed after the crash with the uninterrupted run's losses"

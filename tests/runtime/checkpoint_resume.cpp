@@ -8,6 +8,7 @@
 // disagrees (mpirun then fails).
 #include "../support/reference.h"
 #include "trine/common/files.h"
+#include "trine/runtime/checkpoint.h"
 #include "trine/runtime/trainer.h"
 
 #include <CLI/CLI.hpp>
@@ -90,6 +91,27 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "rank %d: resumed after step %lld, the checkpoint was written after %d\n", trainer.rank(),
                    static_cast<long long>(trainer.steps_done()), at);
       return 1;
+    }
+    // What `trine export` writes equals what the trainer resumed with.
+    for (const auto& [name, whole] : checkpoint_parameters(newest_checkpoint(dir))) {
+      const torch::Tensor mine = trainer.parameter(name);
+      if (mine.defined() && !torch::equal(trainer.tensor_parallel_slice(name, whole), mine.detach())) {
+        std::fprintf(stderr, "rank %d: exported %s differs from the resumed parameter\n", trainer.rank(), name.c_str());
+        ++failures;
+      }
+    }
+    // ... and so does the .pt model file, read back by plain LibTorch.
+    if (trainer.rank() == 0) {
+      const auto whole = checkpoint_parameters(newest_checkpoint(dir));
+      write_model_file(dir + "/model.pt", whole);
+      const std::string bytes = read_file(dir + "/model.pt");
+      const auto dict = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end())).toGenericDict();
+      if (dict.size() != whole.size()) ++failures;
+      for (const auto& [name, t] : whole)
+        if (!dict.contains(name) || !torch::equal(dict.at(name).toTensor(), t)) {
+          std::fprintf(stderr, "model.pt: %s differs from the checkpoint\n", name.c_str());
+          ++failures;
+        }
     }
     double worst = 0;
     for (int s = at; s < steps; ++s) {

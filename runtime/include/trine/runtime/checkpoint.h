@@ -1,4 +1,4 @@
-// Checkpoints that resume (docs/design.md §7a). A checkpoint of step N is the
+// Checkpoints that resume, and their export (docs/design.md §7a). A checkpoint of step N is the
 // directory `dir/step-<N>` (9 digits):
 //   stage-<s>-tp<r>.safetensors  per (stage, tp rank), written by replica 0:
 //       "param/<name>" every parameter and buffer the stage holds (its tp
@@ -26,6 +26,8 @@
 
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace trine {
 
@@ -56,5 +58,15 @@ std::string newest_checkpoint(const std::string& dir);
 // Loads this rank's parameters and optimizer state from `step_dir` (errors
 // name the directory and the tensor) and returns the progress it holds.
 CheckpointProgress read_checkpoint(const CheckpointParts& parts, const std::string& step_dir);
+
+// Every parameter and buffer of the checkpoint in `step_dir`, whole (tp
+// slices joined), sorted by name: what `trine export` writes.
+std::vector<std::pair<std::string, torch::Tensor>> checkpoint_parameters(const std::string& step_dir);
+
+// Writes `tensors` as one model file, atomically: PATH.safetensors, or
+// PATH.pt, a dictionary name -> tensor in PyTorch's format (torch::pickle_save),
+// which plain LibTorch reads with torch::pickle_load and Python with
+// torch.load(weights_only=False). Other endings are an error naming both.
+void write_model_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
 
 }  // namespace trine
