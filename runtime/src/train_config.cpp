@@ -89,6 +89,7 @@ TrainConfig TrainConfig::read(JsonObjectReader& r) {
   }
   c.steps = r.get("steps", c.steps);
   c.seed = static_cast<uint64_t>(r.get("seed", static_cast<int64_t>(c.seed)));
+  c.weights_file = r.get("weights", c.weights_file);
   c.device = r.get("device", c.device);
   c.timeout_s = r.get("timeout_s", c.timeout_s);
   c.bucket_bytes = r.get("bucket_bytes", c.bucket_bytes);

@@ -17,6 +17,7 @@
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/distributed_session.h"
 #include "trine/runtime/optimizer.h"
+#include "trine/runtime/pretrained_weights.h"
 #include "trine/runtime/pipeline_executor.h"
 #include "trine/runtime/tensor_parallel_report.h"
 #include "trine/schedules/schedule_registry.h"
@@ -194,6 +195,7 @@ struct Trainer::Impl {
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
   CheckpointParts checkpoint_parts() const;
   void resume(c10d::Store& store);
+  void load_weights();
   // Per stage, the layers it recomputes (config.recompute under this schedule).
   std::vector<StageRecompute> recompute_plan(const std::vector<StageProgram>& stages) const;
 };
@@ -525,6 +527,9 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   given.check();
   if (!given.checkpoint_dir.empty())
     check_writable_directory(given.checkpoint_dir, "config.checkpoint.dir", "leave it empty for no checkpoints");
+  TORCH_CHECK(given.weights_file.empty() || path_exists(given.weights_file), "config.weights '", given.weights_file,
+              "' does not exist (give a .safetensors or TorchScript file, or leave the key out for the model's own "
+              "initial weights)");
   if (!given.trace_file.empty())
     check_writable_directory(directory_of(given.trace_file), "the directory of config.logging.trace",
                              "leave config.logging.trace out for no trace");
@@ -559,6 +564,7 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   prove_schedule(config, *m.plan, stages, device);
   m.agree_on_emulation(*store, stages, first);
   m.build_executor(std::move(stages), groups, device);
+  if (!config.weights_file.empty()) m.load_weights();
   if (config.checkpoint_resume) m.resume(*store);
   // Everyone is ready before the first step (and a missing rank shows here).
   m.world->barrier();
@@ -799,6 +805,14 @@ CheckpointParts Trainer::Impl::checkpoint_parts() const {
   parts.rank = rank;
   parts.world = world.get();
   return parts;
+}
+
+// config.weights: this rank's parameters and buffers from the file.
+void Trainer::Impl::load_weights() {
+  const int64_t bytes = load_pretrained_weights(checkpoint_parts(), config.weights_file);
+  if (rank == 0)
+    std::fprintf(stderr, "trine: weights from '%s' (%lld bytes read on rank 0)\n", config.weights_file.c_str(),
+                 static_cast<long long>(bytes));
 }
 
 // config.checkpoint.resume: rank 0 picks the newest complete checkpoint and

@@ -630,5 +630,61 @@ TEST(Trainer, ResumingChecksTheCheckpointAgainstTheModel) {
   std::system(("rm -rf " + dir).c_str());
 }
 
+// config.weights (runtime/pretrained_weights.h): a TorchScript or safetensors
+// file's tensors replace the model's own by name; a missing, extra or
+// differently shaped tensor is an error naming it.
+TEST(Trainer, InitialWeightsComeFromAFileByName) {
+  Env e({});
+  auto make_module = [](int seed) {
+    torch::manual_seed(seed);
+    torch::jit::Module m("Regressor");
+    m.register_parameter("w1", (torch::randn({6, 16}) * 0.3).requires_grad_(), false);
+    m.register_parameter("w2", (torch::randn({16, 1}) * 0.3).requires_grad_(), false);
+    m.define(R"(
+      def forward(self, x):
+          return torch.tanh(x.matmul(self.w1)).matmul(self.w2)
+    )");
+    return m;
+  };
+  LossFn mse = [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& t) {
+    return torch::mse_loss(out[0], t[0]);
+  };
+  const auto x = torch::linspace(-1, 1, 96).view({16, 6});
+  const SampleBatch batch{{x}, {x.sum(1, true).sin()}};
+  char tmpl[] = "/tmp/trine-test-weights-XXXXXX";
+  TORCH_CHECK(::mkdtemp(tmpl), "mkdtemp failed");
+  const std::string dir = tmpl;
+  torch::jit::Module pretrained = make_module(5);
+  pretrained.save(dir + "/pretrained.pt");
+  const torch::Tensor w1 = pretrained.attr("w1").toTensor(), w2 = pretrained.attr("w2").toTensor();
+  write_safetensors(dir + "/pretrained.safetensors", {{"w1", w1.to(torch::kBFloat16).to(torch::kFloat)}, {"w2", w2}});
+  auto trainer_with = [&](const std::string& file) {
+    TrainConfig c;
+    c.global_batch = 16;
+    c.microbatches = 2;
+    c.log_every = 0;
+    c.weights_file = file;
+    return std::make_unique<Trainer>(make_module(0), mse, batch, c);
+  };
+  auto from_torchscript = trainer_with(dir + "/pretrained.pt");
+  EXPECT_TRUE(torch::equal(from_torchscript->parameter("w1").detach(), w1));
+  EXPECT_TRUE(torch::equal(from_torchscript->parameter("w2").detach(), w2));
+  auto from_safetensors = trainer_with(dir + "/pretrained.safetensors");
+  EXPECT_TRUE(torch::equal(from_safetensors->parameter("w1").detach(), w1.to(torch::kBFloat16).to(torch::kFloat)));
+  EXPECT_TRUE(torch::equal(from_safetensors->parameter("w2").detach(), w2));
+  write_safetensors(dir + "/missing.safetensors", {{"w1", w1}});
+  EXPECT_NE(error_of([&] { trainer_with(dir + "/missing.safetensors"); }).find("has no tensor 'w2'"), std::string::npos);
+  write_safetensors(dir + "/extra.safetensors", {{"w1", w1}, {"w2", w2}, {"w3", w2}});
+  EXPECT_NE(error_of([&] { trainer_with(dir + "/extra.safetensors"); }).find("holds tensor 'w3' (shape [16, 1])"),
+            std::string::npos);
+  write_safetensors(dir + "/shape.safetensors", {{"w1", w1.t()}, {"w2", w2}});
+  EXPECT_NE(error_of([&] { trainer_with(dir + "/shape.safetensors"); }).find("tensor 'w1' has shape [16, 6]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { trainer_with(dir + "/none.safetensors"); }).find("config.weights '" + dir +
+                                                                           "/none.safetensors' does not exist"),
+            std::string::npos);
+  std::system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace
 }  // namespace trine

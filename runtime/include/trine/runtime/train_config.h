@@ -86,6 +86,8 @@ struct TrainConfig {
   EmulateConfig emulate;
   int64_t steps = 100;
   uint64_t seed = 0;              // dropout masks and planning
+  std::string weights_file;       // "weights": initial parameters and buffers from a .safetensors or TorchScript
+                                  //   file, matched by name (runtime/pretrained_weights.h); empty: the model's own
   std::string device = "cpu";     // cpu | cuda (each rank uses cuda:LOCAL_RANK % devices)
   double timeout_s = 60;          // every wait on a peer
   int64_t bucket_bytes = 1 << 20; // data-parallel gradient bucket size
