@@ -1,5 +1,6 @@
 // common/: atomic file writes, reading files whole, and strict JSON reading
 // whose errors name the key, where it is, and what was expected.
+#include "../support/fresh_directory.h"
 #include "trine/common/files.h"
 #include "trine/common/json_reader.h"
 
@@ -14,12 +15,7 @@ using namespace trine;
 
 namespace {
 
-std::string fresh_directory() {
-  char pattern[] = "/tmp/trine_common_XXXXXX";
-  const char* dir = ::mkdtemp(pattern);
-  EXPECT_NE(dir, nullptr);
-  return dir;
-}
+std::string fresh_directory() { return trine::testing::fresh_directory("trine_common"); }
 
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> names;

@@ -1,6 +1,7 @@
 // common/safetensors.h: what it writes reads back bit for bit, a file laid
 // out by the format's specification by hand reads as specified, slices copy
 // only their rows, and every malformed file is an error naming it.
+#include "../support/fresh_directory.h"
 #include "trine/common/files.h"
 #include "trine/common/safetensors.h"
 
@@ -13,12 +14,7 @@ using namespace trine;
 
 namespace {
 
-std::string fresh_directory() {
-  char pattern[] = "/tmp/trine_safetensors_XXXXXX";
-  const char* dir = ::mkdtemp(pattern);
-  EXPECT_NE(dir, nullptr);
-  return dir;
-}
+std::string fresh_directory() { return trine::testing::fresh_directory("trine_safetensors"); }
 
 std::string little_endian_u64(uint64_t n) {
   std::string s(8, '\0');

@@ -375,19 +375,22 @@ TEST(GradientBuckets, AverageReplicasAndStartDuringBackward) {
   });
 }
 
-TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
-  Env e({});
-  auto make_module = [] {
-    torch::manual_seed(0);
-    torch::jit::Module m("Regressor");
-    m.register_parameter("w1", (torch::randn({6, 16}) * 0.3).requires_grad_(), false);
-    m.register_parameter("w2", (torch::randn({16, 1}) * 0.3).requires_grad_(), false);
-    m.define(R"(
+// A TorchScript regressor x -> tanh(x w1) w2, its weights drawn from `seed`.
+torch::jit::Module regressor_module(int seed) {
+  torch::manual_seed(seed);
+  torch::jit::Module m("Regressor");
+  m.register_parameter("w1", (torch::randn({6, 16}) * 0.3).requires_grad_(), false);
+  m.register_parameter("w2", (torch::randn({16, 1}) * 0.3).requires_grad_(), false);
+  m.define(R"(
       def forward(self, x):
           return torch.tanh(x.matmul(self.w1)).matmul(self.w2)
     )");
-    return m;
-  };
+  return m;
+}
+
+TEST(Trainer, SingleProcessTrainsATorchScriptModelAndSavesCheckpoints) {
+  Env e({});
+  auto make_module = [] { return regressor_module(0); };
   torch::jit::Module m = make_module();
   LossFn mse = [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& t) {
     return torch::mse_loss(out[0], t[0]);
@@ -635,17 +638,7 @@ TEST(Trainer, ResumingChecksTheCheckpointAgainstTheModel) {
 // differently shaped tensor is an error naming it.
 TEST(Trainer, InitialWeightsComeFromAFileByName) {
   Env e({});
-  auto make_module = [](int seed) {
-    torch::manual_seed(seed);
-    torch::jit::Module m("Regressor");
-    m.register_parameter("w1", (torch::randn({6, 16}) * 0.3).requires_grad_(), false);
-    m.register_parameter("w2", (torch::randn({16, 1}) * 0.3).requires_grad_(), false);
-    m.define(R"(
-      def forward(self, x):
-          return torch.tanh(x.matmul(self.w1)).matmul(self.w2)
-    )");
-    return m;
-  };
+  auto make_module = regressor_module;
   LossFn mse = [](const std::vector<torch::Tensor>& out, const std::vector<torch::Tensor>& t) {
     return torch::mse_loss(out[0], t[0]);
   };
