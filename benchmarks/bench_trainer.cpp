@@ -166,6 +166,9 @@ int main(int argc, char** argv) try {
       std::optional<ShardingAnalysis> sharding;
       if (a.tp > 1) sharding = analyze_sharding(trainer.traced_model(), a.tp);
       ps.sharding = sharding ? &*sharding : nullptr;
+      // Every tp group profiles together: its all-reduces are real and timed.
+      ps.tp_group = trainer.tensor_parallel_group_id();
+      ps.tp_rank = trainer.tensor_parallel_rank();
       work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(), mb,
                                 ps);
       profiled_processes = trainer.world_size();

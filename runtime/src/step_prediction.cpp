@@ -405,7 +405,7 @@ double largest_peer_bytes(const std::vector<PlanTransfer>& transfers) {
 
 // The stages as one tp rank runs them: rewritten for rank 0 of `tp`, with
 // its parameter slices, their all-reduces going nowhere (the simulator adds
-// what they cost).
+// what they cost), or for this rank of a real group.
 struct ShardedStages {
   std::unique_ptr<RegisteredGroup> group;
   std::map<std::string, ParameterShard> shards;
@@ -423,18 +423,22 @@ std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyG
   const int tp = settings.sharding ? settings.sharding->tp : 1;
   std::vector<StageProgram> stages = split_into_stages(model, proxy, plan.stage_of_layer(proxy));
   ShardedStages sharded;
+  const bool real_group = tp > 1 && settings.tp_group >= 0;
   if (tp > 1) {
-    sharded.group = std::make_unique<RegisteredGroup>(TensorParallelGroup{0, tp, [](torch::Tensor&) {}});
+    const int rank = real_group ? settings.tp_rank : 0;
+    if (!real_group)
+      sharded.group = std::make_unique<RegisteredGroup>(TensorParallelGroup{0, tp, [](torch::Tensor&) {}});
+    const int64_t group = real_group ? settings.tp_group : sharded.group->id();
     sharded.shards = parameter_shards(model, *settings.sharding);
-    sharded.model = with_parameter_shards(model, sharded.shards, 0, tp);
+    sharded.model = with_parameter_shards(model, sharded.shards, rank, tp);
     for (StageProgram& stage : stages)
-      shard_stage(stage, {&model, settings.sharding, &sharded.shards, 0, tp, sharded.group->id(), true});
+      shard_stage(stage, {&model, settings.sharding, &sharded.shards, rank, tp, group, true});
   }
   const TracedModel& rank_model = tp > 1 ? sharded.model : model;
   const c10::Device device = microbatch.inputs.empty() ? c10::Device(c10::kCPU) : microbatch.inputs[0].device();
   const int m = plan.pipeline.microbatches > 0 ? plan.pipeline.microbatches : n / plan.pipeline.virtual_stages;
   std::vector<std::pair<int, double>> allreduces(n, {0, 0.0});
-  if (tp > 1) allreduces = tensor_parallel_allreduces(*settings.sharding, plan);
+  if (tp > 1 && !real_group) allreduces = tensor_parallel_allreduces(*settings.sharding, plan);
   const int v = plan.pipeline.virtual_stages, ranks = n / v;
   std::vector<StageWork> work(n);
   for (int r = 0; r < ranks; ++r) {

@@ -871,6 +871,7 @@ torch::Tensor Trainer::parameter(const std::string& name) const {
 }
 
 int Trainer::tensor_parallel_rank() const { return impl_->tp_rank; }
+int64_t Trainer::tensor_parallel_group_id() const { return impl_->tp_group ? impl_->tp_group->id() : -1; }
 
 double Trainer::tensor_parallel_divergence() const {
   const Impl& m = *impl_;

@@ -141,9 +141,16 @@ std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAna
 // rewritten for tp rank 0 and run with its parameter slices, their
 // all-reduces going nowhere; the all-reduces each forward makes are counted
 // for the simulator (tensor_parallel_allreduces).
+// With `tp_group` (a RegisteredGroup's id, e.g. Trainer::tensor_parallel_group_id)
+// the stages are rewritten for `tp_rank` and their all-reduces are real:
+// every member of the group must profile at once, and the times then hold
+// what the all-reduces cost between busy ranks, so none are counted for the
+// simulator.
 struct ProfileSettings {
   int warmup = 1, repeats = 2;
   const ShardingAnalysis* sharding = nullptr;
+  int64_t tp_group = -1;
+  int tp_rank = 0;
 };
 std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyGraph& proxy, const StagePlan& plan,
                                           const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,

@@ -84,6 +84,9 @@ class Trainer {
   // This rank's position in its tensor-parallel group, and the slice of a
   // parameter's whole value it holds (`whole` itself when it is not cut).
   int tensor_parallel_rank() const;
+  // The id of this rank's tensor-parallel RegisteredGroup (what its stages'
+  // all-reduces go through), or -1 with tp = 1.
+  int64_t tensor_parallel_group_id() const;
   torch::Tensor tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const;
   // Under tensor parallelism: every linear's decision and why, and per stage
   // the memory one tp rank holds (its parameters and the values its graph
