@@ -8,7 +8,6 @@
 #include "trine/common/files.h"
 #include "trine/runtime/checkpoint.h"
 
-
 #include <cstdio>
 
 namespace trine::cli {

@@ -27,9 +27,7 @@ std::string file_of(int stage, int tp_rank) {
 }
 
 ParameterShard shard_in(const std::map<std::string, ParameterShard>* shards, const std::string& name) {
-  if (shards == nullptr) return {};
-  auto it = shards->find(name);
-  return it == shards->end() ? ParameterShard{} : it->second;
+  return shards ? shard_named(*shards, name) : ParameterShard{};
 }
 
 // A test's stand-in for a process killed while writing: the rank named by
@@ -90,7 +88,7 @@ void keep_newest(const std::string& dir, int keep) {
   for (const std::string& name : list_directory(dir)) {
     const std::string path = dir + "/" + name;
     if (name.rfind("step-", 0) != 0) continue;
-    if (name.size() > 8 && name.compare(name.size() - 8, 8, ".partial") == 0)
+    if (has_suffix(name, ".partial"))
       remove_tree(path);  // left by a crash: never complete, never read
     else if (path_exists(path + "/" + kComplete))
       complete.push_back(path);
@@ -174,8 +172,9 @@ class CheckpointFiles {
     const nlohmann::json& p = meta_.at("parameters").at(name);
     const std::string prefix = "optim/" + name + "/";
     std::vector<std::string> keys;
-    for (const auto& [key, entry] : file(p.at("stages").at(0).get<int>(), 0).entries())
-      if (key.rfind(prefix, 0) == 0) keys.push_back(key.substr(prefix.size()));
+    const auto& entries = file(p.at("stages").at(0).get<int>(), 0).entries();  // sorted: the keys are one run
+    for (auto it = entries.lower_bound(prefix); it != entries.end() && it->first.rfind(prefix, 0) == 0; ++it)
+      keys.push_back(it->first.substr(prefix.size()));
     return keys;
   }
 
@@ -263,14 +262,11 @@ std::vector<std::pair<std::string, torch::Tensor>> checkpoint_parameters(const s
 }
 
 void write_model_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
-  auto ends_with = [&](const std::string& tail) {
-    return path.size() >= tail.size() && path.compare(path.size() - tail.size(), tail.size(), tail) == 0;
-  };
-  if (ends_with(".safetensors")) {
+  if (has_suffix(path, ".safetensors")) {
     write_safetensors(path, tensors, {{"format", "pt"}});
     return;
   }
-  TORCH_CHECK(ends_with(".pt"), "'", path, "': name the model file FILE.safetensors (safetensors) or FILE.pt "
+  TORCH_CHECK(has_suffix(path, ".pt"), "'", path, "': name the model file FILE.safetensors (safetensors) or FILE.pt "
               "(PyTorch's format, for torch::pickle_load and torch.load)");
   c10::Dict<std::string, torch::Tensor> dict;
   for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu());

@@ -12,10 +12,6 @@ namespace trine {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // Where the weights come from: names and whole shapes, and this rank's slice
 // of one tensor.
 class WeightSource {
@@ -36,10 +32,9 @@ class SafetensorsSource : public WeightSource {
   // Only the rows of `rank`'s slice are read (one run of rows per fused block).
   torch::Tensor slice(const std::string& name, const ParameterShard& shard, int rank, int tp) override {
     if (shard.whole() || tp == 1) return file_.tensor(name);
-    const int64_t size = file_.entries().at(name).shape.at(shard.dim);
-    const int64_t block = size / shard.blocks, piece = block / tp;
     std::vector<torch::Tensor> parts;
-    for (int b = 0; b < shard.blocks; ++b) parts.push_back(file_.slice(name, shard.dim, b * block + rank * piece, piece));
+    for (const auto& [first, rows] : shard_rows(file_.entries().at(name).shape.at(shard.dim), shard, rank, tp))
+      parts.push_back(file_.slice(name, shard.dim, first, rows));
     return torch::cat(parts, shard.dim);
   }
 
@@ -96,7 +91,7 @@ void check_names_and_shapes(const ProxyGraph& proxy, const std::map<std::string,
 int64_t load_pretrained_weights(const CheckpointParts& parts, const std::string& path) {
   TORCH_CHECK(path_exists(path), "config.weights '", path, "' does not exist");
   std::unique_ptr<WeightSource> source;
-  if (ends_with(path, ".safetensors"))
+  if (has_suffix(path, ".safetensors"))
     source = std::make_unique<SafetensorsSource>(path);
   else
     source = std::make_unique<TorchScriptSource>(path);
@@ -108,7 +103,7 @@ int64_t load_pretrained_weights(const CheckpointParts& parts, const std::string&
     for (int p : parts.executor->stage_program(stage).params) {
       const std::string& name = parts.proxy->params[p].name;
       torch::Tensor mine = parts.executor->stage_parameter(stage, p);
-      auto shard = parts.shards != nullptr && parts.shards->count(name) ? parts.shards->at(name) : ParameterShard{};
+      const ParameterShard shard = parts.shards ? shard_named(*parts.shards, name) : ParameterShard{};
       const torch::Tensor value = source->slice(name, shard, parts.tp_rank, tp);
       TORCH_CHECK(value.sizes() == mine.sizes(), "config.weights '", path, "': tensor '", name, "' cuts to ",
                   value.sizes(), " here, this rank holds ", mine.sizes());

@@ -897,9 +897,8 @@ std::string Trainer::tensor_parallel_table() const {
 torch::Tensor Trainer::tensor_parallel_slice(const std::string& name, const torch::Tensor& whole) const {
   const int p = impl_->proxy.find_param(name);
   TORCH_CHECK(p >= 0, "the model has no parameter named '", name, "'");
-  auto it = impl_->tp_shards.find(impl_->proxy.params[p].name);
-  if (it == impl_->tp_shards.end()) return whole;
-  return shard_of(whole, it->second, impl_->tp_rank, impl_->config.parallel.tp);
+  return shard_of(whole, shard_named(impl_->tp_shards, impl_->proxy.params[p].name), impl_->tp_rank,
+                  impl_->config.parallel.tp);
 }
 
 }  // namespace trine

@@ -89,15 +89,26 @@ std::map<std::string, ParameterShard> parameter_shards(const TracedModel& model,
   return out;
 }
 
-torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp) {
-  if (shard.whole()) return whole;
+ParameterShard shard_named(const std::map<std::string, ParameterShard>& shards, const std::string& name) {
+  auto it = shards.find(name);
+  return it == shards.end() ? ParameterShard{} : it->second;
+}
+
+std::vector<std::pair<int64_t, int64_t>> shard_rows(int64_t size, const ParameterShard& shard, int rank, int tp) {
   TORCH_CHECK(rank >= 0 && rank < tp, "tensor-parallel rank ", rank, " of ", tp);
-  const int64_t size = whole.size(shard.dim);
   TORCH_CHECK(size % (shard.blocks * tp) == 0, "dimension ", shard.dim, " of ", size, " does not split in ",
               shard.blocks, " x ", tp);
   const int64_t block = size / shard.blocks, piece = block / tp;
+  std::vector<std::pair<int64_t, int64_t>> rows;
+  for (int b = 0; b < shard.blocks; ++b) rows.emplace_back(b * block + rank * piece, piece);
+  return rows;
+}
+
+torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp) {
+  if (shard.whole()) return whole;
   std::vector<torch::Tensor> parts;
-  for (int b = 0; b < shard.blocks; ++b) parts.push_back(whole.narrow(shard.dim, b * block + rank * piece, piece));
+  for (const auto& [first, rows] : shard_rows(whole.size(shard.dim), shard, rank, tp))
+    parts.push_back(whole.narrow(shard.dim, first, rows));
   return torch::cat(parts, shard.dim);
 }
 

@@ -17,6 +17,8 @@ std::string read_file(const std::string& path);
 // when called from code built here (remove_all segfaulted in a test).
 void make_directories(const std::string& path);
 bool path_exists(const std::string& path);
+// Whether a file name ends with `suffix` (".safetensors", ".partial").
+bool has_suffix(const std::string& name, const std::string& suffix);
 // The names in a directory (not "." or ".."), sorted; empty when it does not exist.
 std::vector<std::string> list_directory(const std::string& path);
 // `rm -rf`; nothing when the path does not exist.

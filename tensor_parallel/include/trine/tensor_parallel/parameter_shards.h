@@ -9,6 +9,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace trine {
@@ -21,6 +22,14 @@ struct ParameterShard {
 
 // Per parameter name (the graph input's), its shard; parameters not listed are whole.
 std::map<std::string, ParameterShard> parameter_shards(const TracedModel& model, const ShardingAnalysis& analysis);
+
+// The shard of parameter `name` (whole when `shards` does not list it).
+ParameterShard shard_named(const std::map<std::string, ParameterShard>& shards, const std::string& name);
+
+// The runs of dimension `shard.dim` (of `size` rows) that rank `rank` of `tp`
+// holds, in order, one per fused block: (first row, rows). Its slice is
+// their concatenation along that dimension.
+std::vector<std::pair<int64_t, int64_t>> shard_rows(int64_t size, const ParameterShard& shard, int rank, int tp);
 
 // Rank `rank` of `tp`'s slice of `whole` (a copy; `whole` itself when not cut).
 torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp);
