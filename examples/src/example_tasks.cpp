@@ -35,6 +35,8 @@ ExampleModel make_example_model(const ModelSpec& s) {
   TORCH_CHECK(s.hidden >= 1, "--hidden must be >= 1, got ", s.hidden);
   TORCH_CHECK(s.batch >= 1, "--batch must be >= 1, got ", s.batch);
   TORCH_CHECK(s.dropout >= 0 && s.dropout < 1, "--dropout must be in [0, 1), got ", s.dropout);
+  TORCH_CHECK(!s.deferred || s.name == "gpt", "deferred parameters are built in by the gpt example only (model '",
+              s.name, "')");
   torch::manual_seed(s.seed);
   ExampleModel m;
   if (s.name == "gpt") {
@@ -48,7 +50,12 @@ ExampleModel make_example_model(const ModelSpec& s) {
     cfg.layers = s.layers;
     cfg.dropout = s.dropout;
     cfg.tie_weights = s.tied;
+    if (s.deferred) cfg.on_part_built = [](torch::nn::Module& part) { defer_parameters(part); };
     ex::Gpt gpt(cfg);
+    m.init = [defaults = torch_default_init(*gpt)](const std::string& name, torch::Tensor& whole) {
+      if (whole.dim() == 2) whole.normal_(0.0, 0.02);  // as GptImpl does
+      else defaults(name, whole);
+    };
     m.ptr = gpt.ptr();
     m.module = torch::nn::AnyModule(gpt);
     m.loss = [](const std::vector<torch::Tensor>& o, const std::vector<torch::Tensor>& t) { return ex::lm_loss(o[0], t[0]); };
@@ -87,6 +94,7 @@ ExampleModel make_example_model(const ModelSpec& s) {
   } else {
     TORCH_CHECK(false, "unknown model '", s.name, "': choose gpt, skip or branch");
   }
+  if (!m.init) m.init = torch_default_init(*m.ptr);
   return m;
 }
 

@@ -49,15 +49,27 @@ torch::Tensor GptBlockImpl::forward(torch::Tensor x) {
 GptImpl::GptImpl(const GptConfig& cfg) : cfg_(cfg) {
   TORCH_CHECK(cfg.layers >= 1 && cfg.hidden >= 1 && cfg.vocab >= 2 && cfg.seq_len >= 1,
               "GPT: layers, hidden, vocab and seq_len must be positive");
+  auto built = [&](torch::nn::Module& part) {
+    if (cfg.on_part_built) cfg.on_part_built(part);
+  };
   tok_emb_ = register_module("tok_emb", nn::Embedding(cfg.vocab, cfg.hidden));
+  built(*tok_emb_);
   pos_emb_ = register_module("pos_emb", nn::Embedding(cfg.seq_len, cfg.hidden));
+  built(*pos_emb_);
   drop_ = register_module("drop", nn::Dropout(cfg.dropout));
   blocks_ = register_module("blocks", nn::ModuleList());
-  for (int64_t i = 0; i < cfg.layers; ++i) blocks_->push_back(GptBlock(cfg));
+  for (int64_t i = 0; i < cfg.layers; ++i) {
+    blocks_->push_back(GptBlock(cfg));
+    built(*blocks_[static_cast<size_t>(i)]);
+  }
   ln_f_ = register_module("ln_f", nn::LayerNorm(nn::LayerNormOptions({cfg.hidden})));
+  built(*ln_f_);
   // With tied weights the head reuses the token embedding's matrix (no module of its own).
-  if (!cfg.tie_weights)
+  if (!cfg.tie_weights) {
     head_ = register_module("head", nn::Linear(nn::LinearOptions(cfg.hidden, cfg.vocab).bias(false)));
+    built(*head_);
+  }
+  if (cfg.on_part_built) return;
   // GPT-2 style initialisation keeps the loss of an untrained model near log(vocab).
   torch::NoGradGuard no_grad;
   for (auto& p : parameters()) {

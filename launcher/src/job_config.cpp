@@ -23,6 +23,7 @@ ModelSpec read_example_model(JsonObjectReader& m) {
   s.vocab = m.get("vocab", s.vocab);
   s.dropout = m.get("dropout", s.dropout);
   s.tied = m.get("tied", s.tied);
+  s.deferred = m.get("deferred", s.deferred);
   s.seed = static_cast<uint64_t>(m.get("seed", static_cast<int64_t>(s.seed)));
   return s;
 }

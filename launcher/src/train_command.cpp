@@ -84,7 +84,7 @@ Job start_example_job(const JobConfig& job) {
     d.tokens->check_ids_below(job.model.vocab, "config.model.vocab");
     j.batch = d.batch;
   }
-  j.trainer = std::make_unique<Trainer>(model.module, model.loss, j.batch(0), job.train);
+  j.trainer = std::make_unique<Trainer>(model.module, model.loss, j.batch(0), job.train, model.init);
   return j;
 }
 

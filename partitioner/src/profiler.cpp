@@ -1,5 +1,7 @@
 #include "trine/partitioner/profiler.h"
 
+#include "trine/frontend/deferred_init.h"
+
 #include "trine/frontend/sequential_staged_model.h"
 
 #include <ATen/Parallel.h>
@@ -38,6 +40,7 @@ class ThreadScope {
 CostModel profile_layers(const TracedModel& model, const ProxyGraph& proxy, const SampleBatch& batch,
                          const ProfileOptions& options) {
   TORCH_CHECK(model.has_loss, "profiling times the backward too: trace the model with a loss function");
+  check_not_deferred(model, "profiling layer costs");
   TORCH_CHECK(options.repeats >= 1 && options.warmup >= 0, "profile needs repeats >= 1 and warmup >= 0");
   ThreadScope threads(options.threads);
   const int n = static_cast<int>(proxy.layers.size());

@@ -67,4 +67,13 @@ void set_optimizer_state(torch::optim::Optimizer& optimizer, const OptimizerConf
   optimizer.state()[key] = std::move(s);
 }
 
+torch::Tensor squared_sum(const torch::Tensor& t) {
+  constexpr int64_t kPiece = int64_t(1) << 22;  // elements converted at once: 32 MiB of float64
+  auto sum = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(t.device()));
+  const torch::Tensor flat = t.reshape({-1});
+  for (int64_t first = 0; first < flat.numel(); first += kPiece)
+    sum += flat.narrow(0, first, std::min(kPiece, flat.numel() - first)).to(torch::kFloat64).pow(2).sum();
+  return sum;
+}
+
 }  // namespace trine

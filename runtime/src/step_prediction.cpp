@@ -1,9 +1,11 @@
 #include "trine/runtime/step_prediction.h"
 
 #include "trine/common/json_reader.h"
+#include "trine/frontend/deferred_init.h"
 #include "trine/frontend/stage_execution.h"
 #include "trine/frontend/stage_split.h"
 #include "trine/recompute/stage_aware_ratios.h"
+#include "trine/runtime/optimizer.h"
 #include "trine/schedules/schedule_registry.h"
 #include "trine/tensor_parallel/parameter_shards.h"
 #include "trine/tensor_parallel/stage_sharding.h"
@@ -385,7 +387,7 @@ double time_optimizer(const StageExecution& exec, const ProfileSettings& setting
     {
       torch::NoGradGuard no_grad;
       auto sq = torch::zeros({}, torch::kFloat64);
-      for (const auto& c : copies) sq += c.grad().to(torch::kFloat64).pow(2).sum().cpu();
+      for (const auto& c : copies) sq += squared_sum(c.grad()).cpu();
       const double coef = 1.0 / (std::sqrt(sq.item<double>()) + 1e-6);
       for (const auto& c : copies) c.grad().mul_(std::min(1.0, coef));
     }
@@ -418,6 +420,7 @@ std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyG
                                           const std::vector<StageRecompute>& recompute, const SampleBatch& microbatch,
                                           const ProfileSettings& settings) {
   TORCH_CHECK(settings.repeats >= 1 && settings.warmup >= 0, "profile needs repeats >= 1 and warmup >= 0");
+  check_not_deferred(model, "profiling stage times");
   const int n = plan.num_stages();
   TORCH_CHECK(static_cast<int>(recompute.size()) == n, "recompute plan for ", recompute.size(), " stages, the plan has ", n);
   const int tp = settings.sharding ? settings.sharding->tp : 1;

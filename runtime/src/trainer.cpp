@@ -137,6 +137,8 @@ struct Trainer::Impl {
   int tp_rank = 0;
   std::unique_ptr<RegisteredGroup> tp_group;
   TracedModel rank_model;
+  // Deferred parameters (frontend/deferred_init.h): their initial values.
+  ParameterInit init;
   std::vector<ShardedStageBytes> tp_stage_bytes;  // per stage: what one tp rank holds of it
   std::atomic<int64_t> tp_ns{0};  // spent in tp all-reduces since the step began
   // Sub-microbatches (tensor_parallel.sub_microbatches > 1): the model traced
@@ -192,6 +194,11 @@ struct Trainer::Impl {
   void cut_parts(const std::vector<StageProgram>& stages);
   // This rank's stages rewritten for its tp rank, and its parameter slices.
   void shard_stages(std::vector<StageProgram>& stages);
+  // Allocates this rank's deferred parameters (its stages', its tp slices)
+  // in rank_model with their initial values; returns their graph inputs.
+  std::vector<int64_t> materialize_deferred(const std::vector<StageProgram>& stages, c10::Device device);
+  // Back to stand-ins once the executor holds its own copies.
+  void release_materialized(const std::vector<int64_t>& inputs);
   void build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups, c10::Device device);
   CheckpointParts checkpoint_parts() const;
   void resume(c10d::Store& store);
@@ -200,11 +207,13 @@ struct Trainer::Impl {
   std::vector<StageRecompute> recompute_plan(const std::vector<StageProgram>& stages) const;
 };
 
-Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config)
+Trainer::Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config,
+                 ParameterInit init)
     : impl_(std::make_unique<Impl>()) {
-  init(
+  impl_->init = init ? std::move(init) : torch_default_init(*module.ptr());
+  this->init(
       [&](const SampleBatch& mb, c10::Device device) {
-        if (!device.is_cpu()) module.ptr()->to(device);
+        if (!device.is_cpu()) move_module(*module.ptr(), device);
         return trace(module, loss, mb);
       },
       sample, config);
@@ -487,6 +496,34 @@ std::vector<StageRecompute> Trainer::Impl::recompute_plan(const std::vector<Stag
   return recompute_for_pipeline(config.recompute, in);
 }
 
+std::vector<int64_t> Trainer::Impl::materialize_deferred(const std::vector<StageProgram>& stages, c10::Device device) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> done;
+  const int p = config.parallel.pp, t = config.parallel.tp;
+  for (int c = 0; c < plan->pipeline.virtual_stages; ++c)
+    for (int param : stages.at(stage_of_chunk(c, stage, p)).params) {
+      const int64_t input = proxy.params[param].value;
+      GraphInput& mine = rank_model.inputs.at(input);
+      if (!is_deferred(mine.value)) continue;
+      const GraphInput& whole = traced.inputs.at(input);
+      torch::Tensor value =
+          initial_value(init, whole.name, whole.value.sizes(), whole.value.scalar_type(), config.seed);
+      auto cut = tp_shards.find(whole.name);
+      if (cut != tp_shards.end() && !cut->second.whole())
+        value = shard_of(value, cut->second, tp_rank, t).contiguous().clone();
+      mine.value = value.to(device).requires_grad_(whole.value.requires_grad());
+      done.push_back(input);
+    }
+  return done;
+}
+
+void Trainer::Impl::release_materialized(const std::vector<int64_t>& inputs) {
+  for (int64_t input : inputs) {
+    torch::Tensor& v = rank_model.inputs.at(input).value;
+    v = deferred_tensor(v.sizes(), v.options());
+  }
+}
+
 void Trainer::Impl::build_executor(std::vector<StageProgram> stages, const ExecutorGroups& groups,
                                    c10::Device device) {
   ExecutorOptions eo;
@@ -563,7 +600,9 @@ void Trainer::init(const Tracer& tracer, const SampleBatch& sample, const TrainC
   m.cut_parts(stages);
   prove_schedule(config, *m.plan, stages, device);
   m.agree_on_emulation(*store, stages, first);
+  const std::vector<int64_t> materialized = m.materialize_deferred(stages, device);
   m.build_executor(std::move(stages), groups, device);
+  m.release_materialized(materialized);
   if (!config.weights_file.empty()) m.load_weights();
   if (config.checkpoint_resume) m.resume(*store);
   // Everyone is ready before the first step (and a missing rank shows here).
@@ -663,7 +702,7 @@ void Trainer::Impl::optimizer_step() {
   // Summed on the device; one copy to the host per step.
   auto sq = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(executor->device()));
   for (size_t i = 0; i < params.size(); ++i)
-    if (owns[i] && params[i].grad().defined()) sq += params[i].grad().to(torch::kFloat64).pow(2).sum();
+    if (owns[i] && params[i].grad().defined()) sq += squared_sum(params[i].grad());
   const double replicas = config.parallel.dp, loss_copies = replicas * config.parallel.tp;
   auto both = torch::stack({executor->mean_loss() / loss_copies, sq / replicas});
   world->allreduce_sum(both);

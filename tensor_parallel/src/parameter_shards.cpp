@@ -104,6 +104,15 @@ std::vector<std::pair<int64_t, int64_t>> shard_rows(int64_t size, const Paramete
   return rows;
 }
 
+std::vector<int64_t> shard_sizes(c10::IntArrayRef whole, const ParameterShard& shard, int rank, int tp) {
+  std::vector<int64_t> sizes = whole.vec();
+  if (shard.whole()) return sizes;
+  int64_t rows = 0;
+  for (const auto& run : shard_rows(whole[shard.dim], shard, rank, tp)) rows += run.second;
+  sizes[shard.dim] = rows;
+  return sizes;
+}
+
 torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp) {
   if (shard.whole()) return whole;
   std::vector<torch::Tensor> parts;

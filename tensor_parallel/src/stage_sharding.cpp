@@ -6,6 +6,7 @@
 #include "random_ops.h"
 #include "traced_shape.h"
 
+#include "trine/frontend/deferred_init.h"
 #include "trine/frontend/graph_runner.h"
 
 #include <torch/csrc/jit/ir/constants.h>
@@ -430,7 +431,11 @@ TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::
     auto it = shards.find(in.name);
     if (it == shards.end() || it->second.whole()) continue;
     torch::NoGradGuard no_grad;
-    in.value = shard_of(in.value, it->second, rank, tp).contiguous().clone().requires_grad_(in.value.requires_grad());
+    // A deferred parameter's slice is a stand-in too: the rank allocates it once it knows it holds it.
+    in.value = is_deferred(in.value)
+                   ? deferred_tensor(shard_sizes(in.value.sizes(), it->second, rank, tp), in.value.options())
+                   : shard_of(in.value, it->second, rank, tp).contiguous().clone().requires_grad_(
+                         in.value.requires_grad());
   }
   return local;
 }

@@ -49,6 +49,8 @@ struct Args {
   std::vector<std::string> recompute_layers;  // config.recompute.layers (layers)
   int64_t memory_budget = 0;        // config.memory.budget_bytes: saved activations per rank, checked every step
   std::string memory_policy = "combined";  // config.memory.policy
+  bool deferred = false;            // trine's model is built with deferred parameters (each rank makes its own);
+                                    // the reference starts from the same initial values, made whole in one place
 };
 
 ModelSpec spec_of(const Args& a) {
@@ -62,7 +64,22 @@ ModelSpec spec_of(const Args& a) {
   if (a.layers > 0) s.layers = a.layers;
   s.batch = a.global_batch;
   s.seed = 7;
+  s.deferred = a.deferred;
   return s;
+}
+
+// The single-process references start where trine's ranks do: with deferred
+// parameters, each one's initial value made whole (frontend/deferred_init.h).
+ExampleModel reference_model(const Args& a, const TrainConfig& c) {
+  Args real = a;
+  real.deferred = false;
+  ExampleModel m = make_example_model(spec_of(real));
+  if (!a.deferred) return m;
+  torch::NoGradGuard no_grad;
+  for (auto& p : m.ptr->named_parameters())
+    if (p.value().numel() > 1)
+      p.value().copy_(initial_value(m.init, p.key(), p.value().sizes(), p.value().scalar_type(), c.seed));
+  return m;
 }
 
 TrainConfig config_of(const Args& a, int m) {
@@ -154,7 +171,7 @@ SampleBatch rows_of(const SampleBatch& b, int64_t first, int64_t count) {
 // Returns the losses; `parameters` gets the final parameters by name.
 std::vector<double> dropout_reference_run(const Args& a, const TrainConfig& c,
                                           std::map<std::string, torch::Tensor>& parameters) {
-  ExampleModel model = make_example_model(spec_of(a));
+  ExampleModel model = reference_model(a, c);
   const int64_t microbatches = static_cast<int64_t>(c.parallel.dp) * c.microbatches;
   const int64_t rows = a.global_batch / microbatches;
   const TracedModel traced = trace(model.module, model.loss, rows_of(model.batch(0), 0, rows));
@@ -214,6 +231,7 @@ int main(int argc, char** argv) {
   app.add_option("--memory-policy", a.memory_policy);
   app.add_option("--die-rank", a.die_rank);
   app.add_option("--die-step", a.die_step);
+  app.add_flag("--deferred", a.deferred);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(1);
   int failures = 0;
@@ -221,13 +239,13 @@ int main(int argc, char** argv) {
     for (int m : a.microbatches) {
       const TrainConfig config = config_of(a, m);
       ExampleModel model = make_example_model(spec_of(a));
-      Trainer trainer(model.module, model.loss, model.batch(0), config);
+      Trainer trainer(model.module, model.loss, model.batch(0), config, model.init);
       std::map<std::string, torch::Tensor> expected_params;
       std::vector<double> expected;
       if (a.dropout > 0) {
         expected = dropout_reference_run(a, config, expected_params);
       } else {
-        ExampleModel ref = make_example_model(spec_of(a));
+        ExampleModel ref = reference_model(a, config);
         expected = reference_run(ref, config);
         for (const auto& p : ref.ptr->named_parameters()) expected_params[p.key()] = p.value().detach();
       }

@@ -5,6 +5,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 namespace trine::examples {
 
 struct GptConfig {
@@ -16,6 +18,12 @@ struct GptConfig {
   int64_t mlp_ratio = 4;
   double dropout = 0.0;        // attention, residual and embedding dropout
   bool tie_weights = false;    // LM head shares the token embedding's weight
+  // When set, called on each part (the embeddings, every block, the final
+  // norm, the head) as soon as it is built, e.g. to replace its parameters
+  // with stand-ins that hold no memory, so that the whole model never exists
+  // at once; the model's own initialisation (normal(0, 0.02) for every matrix)
+  // is then left to whoever gives the parameters their values.
+  std::function<void(torch::nn::Module&)> on_part_built;
 };
 
 // Causal self-attention with a fused qkv projection. The causal mask is a

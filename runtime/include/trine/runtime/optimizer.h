@@ -23,6 +23,12 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, const OptimizerConfig
 // moments), SGD with momentum 1, plain SGD 0.
 double optimizer_state_factor(const OptimizerConfig& config);
 
+// The sum of the squares of `t`'s elements, as a float64 0-d tensor on its
+// device, taken a bounded piece at a time: a large gradient is never copied
+// whole to float64 (the global-norm clipping of a big embedding would double
+// its memory for a moment).
+torch::Tensor squared_sum(const torch::Tensor& t);
+
 // One parameter's optimizer state as named tensors, for checkpoints: AdamW
 // "exp_avg", "exp_avg_sq" (the parameter's shape) and "step" (0-d int64);
 // SGD with momentum "momentum_buffer". Empty before the parameter's first step.

@@ -14,6 +14,7 @@
 // model is moved to this rank's GPU (LOCAL_RANK modulo the GPUs) before
 // tracing, batches may stay on the CPU, and ranks talk through NCCL.
 #pragma once
+#include "trine/frontend/deferred_init.h"
 #include "trine/frontend/trace.h"
 #include "trine/runtime/pipeline_executor.h"
 #include "trine/runtime/process_grid.h"
@@ -38,7 +39,13 @@ struct FitReport {
 
 class Trainer {
  public:
-  Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config);
+  // A module whose parameters are deferred (stand-ins, frontend/deferred_init.h)
+  // is traced as it is; each rank then allocates only the parameters (and tp
+  // slices) of its own stages and gives them `init`'s values, seeded from
+  // (config.seed, name): the same under every layout. Empty `init`: LibTorch's
+  // rule of each parameter's module (torch_default_init).
+  Trainer(torch::nn::AnyModule module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config,
+          ParameterInit init = {});
   Trainer(torch::jit::Module module, const LossFn& loss, const SampleBatch& sample, const TrainConfig& config);
   ~Trainer();
   Trainer(const Trainer&) = delete;

@@ -31,6 +31,8 @@ ParameterShard shard_named(const std::map<std::string, ParameterShard>& shards, 
 // their concatenation along that dimension.
 std::vector<std::pair<int64_t, int64_t>> shard_rows(int64_t size, const ParameterShard& shard, int rank, int tp);
 
+// The shape of rank `rank` of `tp`'s slice of a parameter of shape `whole`.
+std::vector<int64_t> shard_sizes(c10::IntArrayRef whole, const ParameterShard& shard, int rank, int tp);
 // Rank `rank` of `tp`'s slice of `whole` (a copy; `whole` itself when not cut).
 torch::Tensor shard_of(const torch::Tensor& whole, const ParameterShard& shard, int rank, int tp);
 // The inverse: the whole tensor from every rank's slice (rank order), as

@@ -61,7 +61,8 @@ std::vector<ShardedStageBytes> sharded_stage_bytes(const TracedModel& model, con
                                                    const ShardingAnalysis& analysis);
 
 // `model` with every cut parameter replaced by rank `rank`'s slice of it
-// (the graph is shared, not copied).
+// (the graph is shared, not copied); a deferred parameter's slice stays a
+// stand-in (frontend/deferred_init.h).
 TracedModel with_parameter_shards(const TracedModel& model, const std::map<std::string, ParameterShard>& shards,
                                   int rank, int tp);
 
