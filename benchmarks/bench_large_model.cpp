@@ -18,6 +18,7 @@
 #include <iostream>
 #include <memory>
 #include <sys/resource.h>
+#include <unistd.h>
 
 using namespace trine;
 
@@ -28,6 +29,16 @@ int64_t peak_resident_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+// This process's resident set now, in bytes.
+int64_t resident_bytes() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace
@@ -74,8 +85,10 @@ int main(int argc, char** argv) try {
   Trainer& trainer = *made;
   const int64_t after_build = peak_resident_bytes();
   std::vector<double> step_s, losses;
+  std::vector<int64_t> resident_after_step;
   for (int step = 0; step < steps; ++step) {
     step_s.push_back(bench::seconds([&] { losses.push_back(trainer.step(model.batch(step))); }));
+    resident_after_step.push_back(resident_bytes());
   }
   int64_t whole = 0, held = 0;
   for (const GraphInput& in : trainer.traced_model().inputs) {
@@ -99,6 +112,7 @@ int main(int argc, char** argv) try {
                            {"peak_before_model_bytes", before_model},
                            {"peak_after_model_bytes", after_model},
                            {"peak_after_trainer_bytes", after_build},
+                           {"resident_after_step_bytes", resident_after_step},
                            {"trainer_built_s", built_s},
                            {"step_s", step_s},
                            {"losses", losses}};

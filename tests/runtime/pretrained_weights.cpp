@@ -2,7 +2,9 @@
 // 0 writes a safetensors file of another GPT's parameters (another seed); a
 // trainer under --layout starts from it, and every parameter each rank holds
 // must equal its slice of the file's tensor (tp ranks read only their rows).
-// Then one step runs. Exits 1 on any rank that disagrees.
+// Then one step runs. Exits 1 on any rank that disagrees. With --deferred the
+// trainer's model is built with deferred parameters (frontend/deferred_init.h):
+// the file's values replace the ones each rank made for its own shard.
 #include "../support/reference.h"
 #include "trine/common/files.h"
 #include "trine/common/safetensors.h"
@@ -22,6 +24,8 @@ int main(int argc, char** argv) {
   CLI::App app{"trine pretrained weights check"};
   app.add_option("--layout", layout)->delimiter(',');
   app.add_option("--file", file)->required();
+  bool deferred = false;
+  app.add_flag("--deferred", deferred);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(1);
   ModelSpec spec = testing::small_gpt_spec(true, 0.1);
@@ -38,6 +42,7 @@ int main(int argc, char** argv) {
     if (rank == 0) write_safetensors(file, tensors);  // atomically: the others see all of it or nothing
     for (int i = 0; i < 600 && !path_exists(file); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     spec.seed = 7;
+    spec.deferred = deferred;
     ExampleModel model = make_example_model(spec);
     TrainConfig c;
     c.parallel.dp = layout[0];
@@ -47,7 +52,7 @@ int main(int argc, char** argv) {
     c.microbatches = 2;
     c.log_every = 0;
     c.weights_file = file;
-    Trainer trainer(model.module, model.loss, model.batch(0), c);
+    Trainer trainer(model.module, model.loss, model.batch(0), c, model.init);
     int held = 0;
     for (const auto& [name, whole] : tensors) {
       const torch::Tensor mine = trainer.parameter(name);

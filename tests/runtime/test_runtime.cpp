@@ -9,6 +9,7 @@
 #include "trine/runtime/communicator.h"
 #include "trine/runtime/gradient_buckets.h"
 #include "trine/runtime/launch.h"
+#include "trine/runtime/optimizer.h"
 #include "trine/runtime/process_grid.h"
 #include "trine/runtime/train_config.h"
 #include "trine/runtime/trainer.h"
@@ -237,6 +238,46 @@ class Env {
       "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NUM_NODES"};
   std::vector<std::pair<std::string, std::string>> saved_;
 };
+
+// make_optimizer's AdamW updates large parameters a piece at a time (bounded
+// temporaries); it must be LibTorch's AdamW element for element.
+TEST(Optimizer, AdamWByPiecesEqualsLibTorchsAdamW) {
+  OptimizerConfig c;
+  c.lr = 1e-2;
+  c.weight_decay = 0.1;
+  c.beta1 = 0.8;
+  c.eps = 1e-6;
+  torch::manual_seed(3);
+  const std::vector<torch::Tensor> start{torch::randn({4200000}), torch::randn({7, 5}), torch::randn({3})};
+  auto copies = [&] {
+    std::vector<torch::Tensor> out;
+    for (const auto& t : start) out.push_back(t.clone().requires_grad_(true));
+    return out;
+  };
+  std::vector<torch::Tensor> ours = copies(), theirs = copies();
+  const auto opt = make_optimizer(c, ours);
+  torch::optim::AdamW reference(theirs, torch::optim::AdamWOptions(c.lr)
+                                            .betas({c.beta1, c.beta2})
+                                            .eps(c.eps)
+                                            .weight_decay(c.weight_decay));
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < start.size(); ++i) {
+      const torch::Tensor g = torch::randn(start[i].sizes());
+      ours[i].mutable_grad() = g.clone();
+      theirs[i].mutable_grad() = g.clone();
+    }
+    if (step == 2) ours[2].mutable_grad() = theirs[2].mutable_grad() = torch::Tensor();  // no gradient: no update
+    opt->step();
+    reference.step();
+    for (size_t i = 0; i < start.size(); ++i)
+      EXPECT_TRUE(torch::equal(ours[i], theirs[i])) << "parameter " << i << " after step " << step;
+  }
+  for (size_t i = 0; i < start.size(); ++i) {
+    const auto a = optimizer_state_of(*opt, c, ours[i]), b = optimizer_state_of(reference, c, theirs[i]);
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [key, value] : a) EXPECT_TRUE(torch::equal(value, b.at(key))) << key << " of parameter " << i;
+  }
+}
 
 TEST(Launch, RecognisesEachLauncher) {
   {

@@ -14,7 +14,9 @@
 namespace trine {
 
 // AdamW (betas, eps, decoupled weight decay) or SGD (momentum, L2 weight
-// decay), per `config.name`; throws naming the known ones otherwise.
+// decay), per `config.name`; throws naming the known ones otherwise. The
+// AdamW is LibTorch's, element for element, but updates a large parameter a
+// piece at a time (bounded temporaries; docs/design.md §3a).
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& config,
                                                         const std::vector<torch::Tensor>& params);
 // Sets every parameter group's learning rate.
