@@ -1,6 +1,7 @@
 // Deferred parameters (frontend/deferred_init.h): stand-ins hold no memory and
 // trace like the real model; initial values follow (seed, name) and LibTorch's
 // rules by module type.
+#include "../support/error_of.h"
 #include "../support/reference.h"
 #include "trine/frontend/deferred_init.h"
 #include "trine/frontend/trace.h"
@@ -11,17 +12,9 @@
 #include <regex>
 
 using namespace trine;
+using trine::testing::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
 
 ModelSpec gpt_spec(bool deferred) {
   ModelSpec s = trine::testing::small_gpt_spec(/*tied=*/true, /*dropout=*/0.1);
