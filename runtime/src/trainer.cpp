@@ -510,7 +510,7 @@ std::vector<int64_t> Trainer::Impl::materialize_deferred(const std::vector<Stage
           initial_value(init, whole.name, whole.value.sizes(), whole.value.scalar_type(), config.seed);
       auto cut = tp_shards.find(whole.name);
       if (cut != tp_shards.end() && !cut->second.whole())
-        value = shard_of(value, cut->second, tp_rank, t).contiguous().clone();
+        value = shard_of(value, cut->second, tp_rank, t);  // a copy (parameter_shards.h)
       mine.value = value.to(device).requires_grad_(whole.value.requires_grad());
       done.push_back(input);
     }
