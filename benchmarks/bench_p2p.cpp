@@ -1,7 +1,11 @@
 // Point-to-point latency and bandwidth of trine's c10d (Gloo) transfers
 // between two ranks, the way the executor uses them (header + data, with the
 // shape known in advance or not). Ping-pong: rank 0 sends, rank 1 sends back.
-// Then the time of an all-reduce (sum) between the two, per size.
+// Then the time of an all-reduce (sum) between the two, per size. Each also
+// reports what it cost this process in CPU (all threads: Gloo's transport
+// threads and the kernel's copies), per byte sent or received (ping-pong) or
+// per byte all-reduced: on a host whose cores the ranks share, that CPU is
+// taken from compute (docs/design.md §6a).
 //
 //   mpirun -np 2 build/bin/bench_p2p [--iters N]
 #include "bench_timing.h"
@@ -45,12 +49,17 @@ int main(int argc, char** argv) try {
       };
       for (int i = 0; i < 5; ++i) round();
       comm.barrier();
-      const double secs = bench::seconds([&] {
-        for (int i = 0; i < n; ++i) round();
+      double secs = 0;
+      const double cpu = bench::process_cpu_seconds([&] {
+        secs = bench::seconds([&] {
+          for (int i = 0; i < n; ++i) round();
+        });
       });
       const double one_way = secs / n / 2;
+      // Each round this rank sends and receives `bytes`.
       rows.push_back({{"bytes", bytes}, {"shape_known", known}, {"one_way_us", one_way * 1e6},
-                      {"bandwidth_MBps", bytes / one_way / 1e6}});
+                      {"bandwidth_MBps", bytes / one_way / 1e6},
+                      {"cpu_ns_per_byte", cpu / (2.0 * static_cast<double>(bytes) * n) * 1e9}});
     }
   }
   // All-reduce (sum) of the same sizes: what a tp or dp group pays, back to
@@ -69,8 +78,11 @@ int main(int argc, char** argv) try {
     const int n = bytes >= (16 << 20) ? std::max(10, iters / 20) : iters;
     for (int i = 0; i < 5; ++i) comm.allreduce_sum(t);
     comm.barrier();
-    const double secs = bench::seconds([&] {
-      for (int i = 0; i < n; ++i) comm.allreduce_sum(t);
+    double secs = 0;
+    const double cpu = bench::process_cpu_seconds([&] {
+      secs = bench::seconds([&] {
+        for (int i = 0; i < n; ++i) comm.allreduce_sum(t);
+      });
     });
     const int busy_n = std::max(10, n / 4);
     const double busy = bench::seconds([&] {
@@ -79,7 +91,8 @@ int main(int argc, char** argv) try {
         comm.allreduce_sum(t);
       }
     });
-    allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}, {"busy_us", (busy / busy_n - segment) * 1e6}});
+    allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}, {"busy_us", (busy / busy_n - segment) * 1e6},
+                         {"cpu_ns_per_byte", cpu / (static_cast<double>(bytes) * n) * 1e9}});
   }
   // A pipeline's exchange (1F1B at p = 2: rank 0 computes a forward, swaps
   // its activation for rank 1's gradient, computes a backward; rank 1
@@ -121,15 +134,16 @@ int main(int argc, char** argv) try {
     for (const auto& r : exchange)
       std::printf("%10lld %24.1f %28.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
                   r["excess_us"].get<double>(), r["excess_ahead_us"].get<double>());
-    std::printf("%10s %12s %14s %16s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s");
+    std::printf("%10s %12s %14s %16s %18s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s",
+                "CPU ns per byte");
     for (const auto& r : rows)
-      std::printf("%10lld %12s %14.1f %16.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
+      std::printf("%10lld %12s %14.1f %16.1f %18.2f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
                   r["shape_known"].get<bool>() ? "yes" : "no", r["one_way_us"].get<double>(),
-                  r["bandwidth_MBps"].get<double>());
-    std::printf("%10s %14s %20s\n", "bytes", "all-reduce us", "between busy ranks");
+                  r["bandwidth_MBps"].get<double>(), r["cpu_ns_per_byte"].get<double>());
+    std::printf("%10s %14s %20s %18s\n", "bytes", "all-reduce us", "between busy ranks", "CPU ns per byte");
     for (const auto& r : allreduce)
-      std::printf("%10lld %14.1f %20.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()), r["us"].get<double>(),
-                  r["busy_us"].get<double>());
+      std::printf("%10lld %14.1f %20.1f %18.2f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
+                  r["us"].get<double>(), r["busy_us"].get<double>(), r["cpu_ns_per_byte"].get<double>());
     std::cout << "json: "
               << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce},
                                     {"exchange", exchange}}.dump()

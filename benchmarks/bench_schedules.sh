@@ -66,6 +66,12 @@ host = {
                                     statistics.median(r["excess_us"] for r in p2p["exchange"])) * 1e-6,
                    "bytes_per_s": big["bandwidth_MBps"] * 1e6},
     "allreduce_bytes": [r["bytes"] for r in p2p["allreduce"]],
+    # What communication costs the cores the ranks share (process CPU of
+    # Gloo's threads and the kernel's copies): per message from the smallest
+    # ping-pong, per byte from the largest, per all-reduce by size.
+    "transfer_cpu_s": min(known, key=lambda r: r["bytes"])["cpu_ns_per_byte"] * min(r["bytes"] for r in known) * 1e-9,
+    "transfer_cpu_s_per_byte": big["cpu_ns_per_byte"] * 1e-9,
+    "allreduce_cpu_seconds": [r["cpu_ns_per_byte"] * r["bytes"] * 1e-9 for r in p2p["allreduce"]],
     # Between busy ranks (a compute segment before each), as tp stages and
     # the gradient sync meet them: 1.5-3x the idle ones here.
     "allreduce_seconds": [r["busy_us"] * 1e-6 for r in p2p["allreduce"]],
@@ -78,6 +84,8 @@ host["intra_node"]["latency_s"] = min(r["one_way_us"] for r in known) * 1e-6
 host["allreduce_seconds"] = [r["us"] * 1e-6 for r in p2p["allreduce"]]
 json.dump(host, open(sys.argv[2].replace(".json", "_idle.json"), "w"), indent=1)
 print("    pace of a process while k compute at once:", host["shared_speed"], file=sys.stderr)
+print("    communication CPU: %.0f us per message, %.2f ns per byte" % (host["transfer_cpu_s"] * 1e6,
+      host["transfer_cpu_s_per_byte"] * 1e9), file=sys.stderr)
 PY
 
 # ---- 2. Measured here, and predicted --------------------------------------

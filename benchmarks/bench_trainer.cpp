@@ -163,15 +163,21 @@ int main(int argc, char** argv) try {
       for (auto* list : {&mb.inputs, &mb.targets})
         for (auto& t : *list) t = t.slice(0, 0, rows);
       ProfileSettings ps;
+      ps.optimizer = config_of(a).optimizer;
       std::optional<ShardingAnalysis> sharding;
       if (a.tp > 1) sharding = analyze_sharding(trainer.traced_model(), a.tp);
       ps.sharding = sharding ? &*sharding : nullptr;
       // Every tp group profiles together: its all-reduces are real and timed.
       ps.tp_group = trainer.tensor_parallel_group_id();
       ps.tp_rank = trainer.tensor_parallel_rank();
+      // Without tp, each instruction's CPU time: its work alone, whatever
+      // load the other ranks' profiles put on the cores meanwhile (they do
+      // not all compute all the time). A tp group's all-reduces wait, which
+      // only the wall sees: there the load is taken to be the whole job.
+      ps.cpu_clock = a.tp == 1;
       work = profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(), mb,
                                 ps);
-      profiled_processes = trainer.world_size();
+      profiled_processes = ps.cpu_clock ? 1 : trainer.world_size();
     }
     if (a.predict && trainer.rank() == 0) {
       MachineDescription machine =

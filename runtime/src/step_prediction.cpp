@@ -11,13 +11,13 @@
 #include "trine/tensor_parallel/stage_sharding.h"
 #include "trine/tensor_parallel/tensor_parallel_group.h"
 
-#include <torch/optim/adamw.h>
 
 #include <numeric>
 
 #include <algorithm>
 #include <cmath>
 #include <chrono>
+#include <ctime>
 #include <map>
 #include <optional>
 #include <thread>
@@ -40,6 +40,34 @@ Link read_link(JsonObjectReader r, const Link& fallback) {
   r.finish();
   TORCH_CHECK(l.latency_s >= 0 && l.bytes_per_s > 0, r.path(), ": latency_s must be >= 0 and bytes_per_s > 0");
   return l;
+}
+
+// A table's value at `bytes` (pairs of bytes, value; bytes ascending):
+// interpolated between sizes, extended linearly beyond them.
+double by_bytes(const std::vector<std::pair<double, double>>& t, double bytes) {
+  TORCH_INTERNAL_ASSERT(!t.empty());
+  if (t.size() == 1) return t.front().second;
+  size_t i = 1;
+  while (i + 1 < t.size() && t[i].first < bytes) ++i;
+  const auto& [b0, s0] = t[i - 1];
+  const auto& [b1, s1] = t[i];
+  return std::max(0.0, s0 + (s1 - s0) * (bytes - b0) / (b1 - b0));
+}
+
+// "allreduce_bytes" with another list as long ("allreduce_seconds", ...):
+// pairs, bytes ascending, values >= 0.
+std::vector<std::pair<double, double>> read_bytes_table(JsonObjectReader& r, const std::vector<double>& bytes,
+                                                        const std::string& key) {
+  const auto values = r.get(key, std::vector<double>{});
+  TORCH_CHECK(values.empty() || bytes.size() == values.size(), r.path(), ": allreduce_bytes and ", key,
+              " must be as long");
+  std::vector<std::pair<double, double>> table;
+  for (size_t i = 0; i < values.size(); ++i) {
+    TORCH_CHECK(values[i] >= 0 && (i == 0 || bytes[i] > bytes[i - 1]), r.path(),
+                ": allreduce_bytes must ascend and ", key, " be >= 0");
+    table.emplace_back(bytes[i], values[i]);
+  }
+  return table;
 }
 
 // A group of `span` consecutive ranks (tp innermost, then dp, then pp) stays
@@ -83,14 +111,15 @@ MachineDescription MachineDescription::from_json(const nlohmann::json& j, const 
   m.shared_speed = r.get("shared_speed", m.shared_speed);
   {
     const auto bytes = r.get("allreduce_bytes", std::vector<double>{});
-    const auto seconds = r.get("allreduce_seconds", std::vector<double>{});
-    TORCH_CHECK(bytes.size() == seconds.size(), where, ": allreduce_bytes and allreduce_seconds must be as long");
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      TORCH_CHECK(seconds[i] >= 0 && (i == 0 || bytes[i] > bytes[i - 1]), where,
-                  ": allreduce_bytes must ascend and allreduce_seconds be >= 0");
-      m.allreduce_seconds.emplace_back(bytes[i], seconds[i]);
-    }
+    m.allreduce_seconds = read_bytes_table(r, bytes, "allreduce_seconds");
+    m.allreduce_cpu_seconds = read_bytes_table(r, bytes, "allreduce_cpu_seconds");
+    TORCH_CHECK(bytes.empty() || !m.allreduce_seconds.empty(), where,
+                ": allreduce_bytes needs allreduce_seconds as long");
   }
+  m.transfer_cpu_s = r.get("transfer_cpu_s", m.transfer_cpu_s);
+  m.transfer_cpu_s_per_byte = r.get("transfer_cpu_s_per_byte", m.transfer_cpu_s_per_byte);
+  TORCH_CHECK(m.transfer_cpu_s >= 0 && m.transfer_cpu_s_per_byte >= 0, where,
+              ": transfer_cpu_s and transfer_cpu_s_per_byte must be >= 0");
   for (double v : m.shared_speed) TORCH_CHECK(v > 0 && v <= 1.5, where, ".shared_speed: every pace must be in (0, 1.5]");
   m.intra_node = read_link(r.object("intra_node"), m.intra_node);
   m.inter_node = read_link(r.object("inter_node"), m.inter_node);
@@ -116,17 +145,18 @@ double MachineDescription::pace(double processes) const {
 
 double MachineDescription::allreduce(double bytes, int ranks, int span) const {
   if (ranks <= 1) return 0;
-  const auto& t = allreduce_seconds;
-  if (t.empty()) return ring_allreduce_seconds(bytes, ranks, span <= devices_per_node ? intra_node : inter_node);
-  double two = t.front().second;
-  if (t.size() >= 2) {
-    size_t i = 1;
-    while (i + 1 < t.size() && t[i].first < bytes) ++i;
-    const auto& [b0, s0] = t[i - 1];
-    const auto& [b1, s1] = t[i];
-    two = std::max(0.0, s0 + (s1 - s0) * (bytes - b0) / (b1 - b0));
-  }
-  return (ranks - 1) * two;
+  if (allreduce_seconds.empty())
+    return ring_allreduce_seconds(bytes, ranks, span <= devices_per_node ? intra_node : inter_node);
+  return (ranks - 1) * by_bytes(allreduce_seconds, bytes);
+}
+
+double MachineDescription::transfer_cpu(double bytes) const {
+  return bytes > 0 ? transfer_cpu_s + transfer_cpu_s_per_byte * bytes : 0;
+}
+
+double MachineDescription::allreduce_cpu(double bytes, int ranks) const {
+  if (ranks <= 1 || allreduce_cpu_seconds.empty()) return 0;
+  return (ranks - 1.0) / ranks * 2 * by_bytes(allreduce_cpu_seconds, bytes);
 }
 
 MachineDescription MachineDescription::named(const std::string& name) {
@@ -184,19 +214,42 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
 namespace {
 
 // The play whose step time is the median of kJitterSamples draws (one play
-// when nothing varies).
+// when nothing varies). Each draw is the slowest of `replicas` plays with
+// their own draws: data-parallel replicas vary independently, and the
+// gradient all-reduce that ends the step waits for the last of them.
 SimulationReport play_with_jitter(const std::vector<std::vector<Instruction>>& program, int microbatches,
                                   const StageTopology& topology, const std::vector<StageTimes>& times,
-                                  SimulationOptions options) {
+                                  SimulationOptions options, int replicas) {
   if (options.jitter <= 0) return simulate_schedule(program, microbatches, topology, times, options);
   std::vector<SimulationReport> plays;
   for (int k = 0; k < kJitterSamples; ++k) {
-    options.seed = static_cast<unsigned>(k + 1);
-    plays.push_back(simulate_schedule(program, microbatches, topology, times, options));
+    std::optional<SimulationReport> slowest;
+    for (int r = 0; r < replicas; ++r) {
+      options.seed = static_cast<unsigned>(k * replicas + r + 1);
+      SimulationReport play = simulate_schedule(program, microbatches, topology, times, options);
+      if (!slowest || play.makespan > slowest->makespan) slowest = std::move(play);
+    }
+    plays.push_back(std::move(*slowest));
   }
   std::sort(plays.begin(), plays.end(),
             [](const SimulationReport& a, const SimulationReport& b) { return a.makespan < b.makespan; });
   return std::move(plays[plays.size() / 2]);
+}
+
+// On shared cores, a rank's communication takes CPU from compute: each
+// forward receives its activations and sends its outputs, each backward
+// receives the output gradients and sends the input gradients, and the
+// gradient all-reduce runs before the optimizer step. Their CPU seconds
+// (alone) become time at the profile's pace `profiled_pace`.
+void add_communication_cpu(std::vector<StageTimes>& times, const std::vector<StageWork>& work, const Layout& layout,
+                           const MachineDescription& machine, double profiled_pace) {
+  for (size_t s = 0; s < times.size(); ++s) {
+    const StageWork& w = work[s];
+    const double transfers = machine.transfer_cpu(w.input_bytes) + machine.transfer_cpu(w.output_bytes);
+    times[s].forward += transfers / profiled_pace;
+    times[s].backward += transfers / profiled_pace;
+    times[s].optimizer += machine.allreduce_cpu(w.gradient_bytes, layout.dp) / profiled_pace;
+  }
 }
 
 }  // namespace
@@ -214,14 +267,15 @@ SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layou
   o.step_sync = machine.allreduce(16, world, world);
   const auto program = pipeline_schedule(layout.schedule, layout.pp, layout.microbatches, layout.virtual_stages);
   const auto topology = StageTopology::chain(layout.pp * layout.virtual_stages);
-  const auto times = stage_times(work, layout, machine);
+  auto times = stage_times(work, layout, machine);
+  if (shared) add_communication_cpu(times, work, layout, machine, machine.pace(profiled_processes));
   for (const StageWork& w : work) o.jitter += w.jitter / static_cast<double>(work.size());
   // k simulated ranks computing are k tp groups in each replica: replicas
   // run the same program in step, so they compute (and wait) together.
   if (shared)
     for (int k = 1; k <= layout.pp; ++k)
       o.speed.push_back(machine.pace(layout.dp * layout.tp * k) / machine.pace(profiled_processes));
-  return play_with_jitter(program, layout.microbatches, topology, times, o);
+  return play_with_jitter(program, layout.microbatches, topology, times, o, layout.dp);
 }
 
 nlohmann::json stage_times_to_json(const std::vector<StageTimes>& times) {
@@ -273,7 +327,15 @@ torch::Tensor stand_in(const c10::TypePtr& type, c10::Device device) {
 // Seconds of each kind of compute instruction a stage ran.
 struct InstructionTimes {
   std::vector<double> forward, backward_after_forward, backward_after_recompute, recompute;
+  // Wall seconds of the forwards and backwards after a forward, whatever the
+  // clock above: how much an instruction's time varies in a run includes
+  // waiting for a core, which a CPU clock does not see.
+  std::vector<double> forward_wall, backward_after_forward_wall;
 };
+
+double wall_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 bool is_compute(Instruction::Op op) {
   return is_forward(op) || op == Instruction::Op::Recompute || op == Instruction::Op::Backward;
@@ -305,6 +367,17 @@ MadeUpTransfers made_up_transfers(const StageExecution& exec, Instruction::Op op
   return t;
 }
 
+// Seconds on the profile's clock: the wall's, or with `cpu_clock` the
+// calling thread's CPU time.
+double profile_clock(const ProfileSettings& settings) {
+  if (settings.cpu_clock) {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  }
+  return wall_seconds();
+}
+
 // One pipeline rank runs its instructions of the step (`program`: forwards,
 // F*, R, backwards of each of its chunks, `chunks[c]` running chunk c, in the
 // schedule's order, so that other microbatches' and chunks' work comes
@@ -326,12 +399,14 @@ std::vector<InstructionTimes> time_rank_program(const std::vector<const StageExe
       InstructionTimes& mine = times[ins.chunk];
       const RngPolicy rng{RngPolicy::Mode::PerOp, 0, ins.microbatch};
       MadeUpTransfers made_up = made_up_transfers(exec, ins.op, device);
-      const auto t0 = std::chrono::steady_clock::now();
+      const double t0 = profile_clock(settings), wall0 = wall_seconds();
       std::vector<double>* into = nullptr;
+      std::vector<double>* wall_into = nullptr;
       if (is_forward(ins.op)) {
         live[key] = exec.forward(std::move(made_up.received), batch, {}, rng, ins.op == Instruction::Op::Forward);
         recomputed[key] = false;
         into = &mine.forward;
+        wall_into = &mine.forward_wall;
       } else if (ins.op == Instruction::Op::Recompute) {
         exec.recompute(live.at(key));
         recomputed[key] = true;
@@ -340,9 +415,12 @@ std::vector<InstructionTimes> time_rank_program(const std::vector<const StageExe
         exec.backward(std::move(live.at(key)), made_up.grads, 1.0 / microbatches);
         live.erase(key);
         into = recomputed[key] ? &mine.backward_after_recompute : &mine.backward_after_forward;
+        if (!recomputed[key]) wall_into = &mine.backward_after_forward_wall;
       }
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (run >= settings.warmup) into->push_back(seconds);
+      if (run >= settings.warmup) {
+        into->push_back(profile_clock(settings) - t0);
+        if (wall_into) wall_into->push_back(wall_seconds() - wall0);
+      }
     }
   }
   return times;
@@ -380,19 +458,20 @@ double time_optimizer(const StageExecution& exec, const ProfileSettings& setting
       copies.push_back(c);
     }
   if (copies.empty()) return 0;
-  torch::optim::AdamW adamw(copies, torch::optim::AdamWOptions(1e-3));
+  const auto optimizer = make_optimizer(settings.optimizer, copies);
   std::vector<double> seconds;
   for (int r = 0; r < settings.warmup + settings.repeats; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = profile_clock(settings);
     {
       torch::NoGradGuard no_grad;
       auto sq = torch::zeros({}, torch::kFloat64);
       for (const auto& c : copies) sq += squared_sum(c.grad()).cpu();
-      const double coef = 1.0 / (std::sqrt(sq.item<double>()) + 1e-6);
-      for (const auto& c : copies) c.grad().mul_(std::min(1.0, coef));
+      const double clip = settings.optimizer.grad_clip;
+      const double coef = clip / (std::sqrt(sq.item<double>()) + 1e-6);
+      if (clip > 0) for (const auto& c : copies) c.grad().mul_(std::min(1.0, coef));
     }
-    adamw.step();
-    if (r >= settings.warmup) seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    optimizer->step();
+    if (r >= settings.warmup) seconds.push_back(profile_clock(settings) - t0);
   }
   return median(seconds);
 }
@@ -427,6 +506,8 @@ std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyG
   std::vector<StageProgram> stages = split_into_stages(model, proxy, plan.stage_of_layer(proxy));
   ShardedStages sharded;
   const bool real_group = tp > 1 && settings.tp_group >= 0;
+  TORCH_CHECK(!(real_group && settings.cpu_clock),
+              "profile: cpu_clock cannot time a real tp group (its waits in all-reduces take no CPU); use the wall clock");
   if (tp > 1) {
     const int rank = real_group ? settings.tp_rank : 0;
     if (!real_group)
@@ -470,7 +551,7 @@ std::vector<StageWork> profile_stage_work(const TracedModel& model, const ProxyG
         w.recompute_s = std::max(0.0, mean_or(dropped[c].backward_after_forward, w.backward_s) - w.backward_s);
       }
       w.optimizer_s = time_optimizer(*plain[c], settings);
-      w.jitter = (variation(kept[c].forward) + variation(kept[c].backward_after_forward)) / 2;
+      w.jitter = (variation(kept[c].forward_wall) + variation(kept[c].backward_after_forward_wall)) / 2;
     }
   }
   for (int s = 0; s < n; ++s) {

@@ -619,6 +619,7 @@ std::vector<StageTimes> Trainer::Impl::emulation_times_on_rank_0(const std::vect
   } else {
     ProfileSettings settings;
     settings.sharding = config.parallel.tp > 1 ? &tp_analysis : nullptr;
+    settings.optimizer = config.optimizer;
     const auto work = profile_stage_work(traced, proxy, *plan, recompute_plan(stages), first, settings);
     const Layout layout{config.parallel.dp, config.parallel.pp, config.parallel.tp, plan->pipeline.virtual_stages,
                         split.microbatches, config.schedule};

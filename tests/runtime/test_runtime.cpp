@@ -11,6 +11,7 @@
 #include "trine/runtime/launch.h"
 #include "trine/runtime/optimizer.h"
 #include "trine/runtime/process_grid.h"
+#include "trine/runtime/step_prediction.h"
 #include "trine/runtime/train_config.h"
 #include "trine/runtime/trainer.h"
 
@@ -626,6 +627,42 @@ TEST(Trainer, BatchesOfTheWrongSizeAreErrors) {
                      "shape [8] (Long)"),
             std::string::npos)
       << err;
+}
+
+// The stage profile on the thread's CPU clock (docs/design.md §6a): each
+// instruction's work as if alone, not above its wall time, with jitter still
+// from the wall; a real tp group cannot be timed so.
+TEST(Profile, TheCpuClockTimesEachInstructionsWork) {
+  Env e({});
+  torch::manual_seed(0);
+  ModelSpec s = testing::small_gpt_spec();
+  s.batch = 8;
+  ExampleModel model = make_example_model(s);
+  TrainConfig c;
+  c.microbatches = 2;
+  Trainer trainer(model.module, model.loss, model.batch(0), c);
+  SampleBatch mb = model.batch(0);
+  for (auto* list : {&mb.inputs, &mb.targets})
+    for (auto& t : *list) t = t.slice(0, 0, 4);
+  ProfileSettings settings;
+  settings.repeats = 3;
+  auto profile = [&] {
+    return profile_stage_work(trainer.traced_model(), trainer.proxy(), trainer.plan(), trainer.recompute_plan(), mb,
+                              settings);
+  };
+  const auto wall = profile();
+  settings.cpu_clock = true;
+  const auto cpu = profile();
+  ASSERT_EQ(cpu.size(), 1u);
+  for (double t : {cpu[0].forward_s, cpu[0].backward_s, cpu[0].optimizer_s}) EXPECT_GT(t, 0);
+  // One intra-op thread: a thread's CPU time never exceeds the wall's (the
+  // two profiles are separate runs, so with room for noise).
+  EXPECT_LT(cpu[0].forward_s, 1.5 * wall[0].forward_s);
+  EXPECT_LT(cpu[0].backward_s, 1.5 * wall[0].backward_s);
+  const ShardingAnalysis sharding = analyze_sharding(trainer.traced_model(), 2);
+  settings.sharding = &sharding;
+  settings.tp_group = 0;
+  EXPECT_NE(testing::error_of([&] { profile(); }).find("cpu_clock cannot time a real tp group"), std::string::npos);
 }
 
 // Resuming (docs/design.md §7a) from a checkpoint of another model or

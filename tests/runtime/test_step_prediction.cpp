@@ -131,6 +131,61 @@ TEST(StepPrediction, ReplicasSharingCoresSlowEachOtherDown) {
   EXPECT_LT(simulate_layout(work, two, shared, /*profiled_processes=*/4).makespan, 1.3 * t_alone);
 }
 
+TEST(StepPrediction, CommunicationCostsCpuOnlyOnSharedCores) {
+  MachineDescription m;
+  m.transfer_cpu_s = 1e-3;
+  m.transfer_cpu_s_per_byte = 1e-9;
+  m.allreduce_cpu_seconds = {{0, 2e-4}, {1e6, 2e-3}};
+  EXPECT_DOUBLE_EQ(m.transfer_cpu(0), 0);  // nothing sent: no message
+  EXPECT_NEAR(m.transfer_cpu(1e6), 2e-3, 1e-15);
+  EXPECT_DOUBLE_EQ(m.allreduce_cpu(1e6, 1), 0);
+  EXPECT_NEAR(m.allreduce_cpu(5e5, 2), 1.1e-3, 1e-15);
+  EXPECT_NEAR(m.allreduce_cpu(5e5, 4), 1.5 * 1.1e-3, 1e-15);  // 2(n-1)/n of the bytes
+  // One microbatch through two stages (no jitter, transfers free on the
+  // wire): each stage's forward and backward carry one transfer's CPU, the
+  // optimizer step the all-reduce's; the step ends after both optimizers.
+  std::vector<StageWork> work(2);
+  for (auto& w : work) w.forward_s = 0.01, w.backward_s = 0.02, w.gradient_bytes = 5e5;
+  work[0].output_bytes = work[1].input_bytes = 1e6;
+  m.buffered_sends = true;
+  m.intra_node = {0, 1e15};
+  const Layout layout{2, 2, 1, 1, 1, "gpipe"};
+  const double device = simulate_layout(work, layout, m).makespan;
+  MachineDescription shared = m;
+  shared.shared_speed = {1, 1, 1, 1};
+  const double host = simulate_layout(work, layout, shared).makespan;
+  EXPECT_NEAR(host - device, 4 * m.transfer_cpu(1e6) + m.allreduce_cpu(5e5, 2), 1e-9);
+  // Measured under a load that halved the pace: the CPU seconds count double.
+  shared.shared_speed = {0.5, 0.5, 0.5, 0.5};
+  EXPECT_NEAR(simulate_layout(work, layout, shared, /*profiled_processes=*/4).makespan - device,
+              2 * (4 * m.transfer_cpu(1e6) + m.allreduce_cpu(5e5, 2)), 1e-9);
+  const auto read = MachineDescription::from_json(
+      nlohmann::json::parse(R"({"transfer_cpu_s": 1e-5, "transfer_cpu_s_per_byte": 3e-10,
+        "allreduce_bytes": [4, 1024], "allreduce_seconds": [1e-4, 2e-4], "allreduce_cpu_seconds": [1e-5, 3e-5]})"),
+      "host.json");
+  EXPECT_DOUBLE_EQ(read.transfer_cpu_s_per_byte, 3e-10);
+  EXPECT_EQ(read.allreduce_cpu_seconds.size(), 2u);
+  EXPECT_THROW(MachineDescription::from_json(nlohmann::json::parse(
+                   R"({"allreduce_bytes": [4], "allreduce_seconds": [1], "allreduce_cpu_seconds": [1, 2]})"),
+                                             "host.json"),
+               c10::Error);
+  EXPECT_THROW(MachineDescription::from_json(nlohmann::json::parse(R"({"transfer_cpu_s": -1})"), "host.json"),
+               c10::Error);
+}
+
+TEST(StepPrediction, ReplicasThatVaryWaitForTheSlowestOne) {
+  std::vector<StageWork> work(2);
+  for (auto& w : work) w.forward_s = 0.01, w.backward_s = 0.02, w.jitter = 0.2;
+  MachineDescription m;
+  m.buffered_sends = true;
+  const double one = simulate_layout(work, Layout{1, 2, 1, 1, 8, "1f1b"}, m).makespan;
+  const double four = simulate_layout(work, Layout{4, 2, 1, 1, 8, "1f1b"}, m).makespan;
+  // Gradients are free here: only the wait for the slowest replica differs.
+  EXPECT_GT(four, one * 1.01);
+  work[0].jitter = work[1].jitter = 0;
+  EXPECT_NEAR(simulate_layout(work, Layout{4, 2, 1, 1, 8, "1f1b"}, m).makespan, 9 * 0.03, 1e-9);
+}
+
 class Planner : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -19,6 +19,7 @@
 #include "trine/frontend/traced_model.h"
 #include "trine/partitioner/stage_plan.h"
 #include "trine/recompute/recompute_policy.h"
+#include "trine/runtime/train_config.h"
 #include "trine/schedules/schedule_simulator.h"
 #include "trine/tensor_parallel/sharding_analysis.h"
 
@@ -60,13 +61,24 @@ struct MachineDescription {
   std::vector<std::pair<double, double>> allreduce_seconds;
   // An all-reduce of `bytes` over `ranks` ranks spanning `span` consecutive ranks.
   double allreduce(double bytes, int ranks, int span) const;
+  // CPU hosts: what communication costs a rank's process in CPU time (Gloo's
+  // transport threads and the kernel's loopback copies), which competes with
+  // compute for the shared cores. Measured (bench_p2p): per message sent or
+  // received, per byte sent or received, and per all-reduce between 2 ranks
+  // by bytes (as allreduce_seconds; n ranks move 2(n-1)/n of the bytes, so
+  // cost 2(n-1)/n times as much). All 0 / empty: communication is free.
+  double transfer_cpu_s = 0, transfer_cpu_s_per_byte = 0;
+  std::vector<std::pair<double, double>> allreduce_cpu_seconds;
+  double transfer_cpu(double bytes) const;
+  double allreduce_cpu(double bytes, int ranks) const;
 
   // This machine as trine runs on it: Gloo over loopback TCP (latency and
   // bandwidth of bench_p2p in the README), one node, its hardware threads.
   static MachineDescription this_host();
   // {"name", "flops_per_second", "memory_bytes_per_second", "devices_per_node",
   //  "buffered_sends", "rendezvous_sends", "instruction_overhead_s", "cores", "shared_speed": [...],
-  //  "allreduce_bytes": [...], "allreduce_seconds": [...], "intra_node": {"latency_s", "bytes_per_s"}, "inter_node": {...}};
+  //  "allreduce_bytes": [...], "allreduce_seconds": [...], "allreduce_cpu_seconds": [...], "transfer_cpu_s",
+  //  "transfer_cpu_s_per_byte", "intra_node": {"latency_s", "bytes_per_s"}, "inter_node": {...}};
   // strict: unknown keys are errors naming `where`.
   static MachineDescription from_json(const nlohmann::json& j, const std::string& where);
   // Known descriptions: "a100" and "h100" (8 per node, NVLink within, 4 x
@@ -106,11 +118,15 @@ std::vector<StageTimes> stage_times(const std::vector<StageWork>& work, const La
 // was measured (on a host with shared cores, speeds are relative to that
 // load: machine.pace(k) / machine.pace(profiled_processes)). The simulated
 // pipeline stands for one replica; with shared cores the other dp - 1
-// replicas are not in lockstep with it (their ranks drift apart), so they
-// count as computing for the share of the step they are busy (mean field:
-// the simulation is repeated with that share until it settles). Stages
+// replicas run the same program in step with it, so k of its ranks
+// computing are dp x tp x k processes computing. With shared cores each
+// rank's communication also costs CPU (transfer_cpu, allreduce_cpu), added
+// to the compute around it: a forward's and a backward's transfers to
+// them, the gradient all-reduce's to the optimizer step. Stages
 // whose work varies (jitter > 0) are played kJitterSamples times with
-// different draws, and the report is the play whose step time is the median.
+// different draws, and the report is the play whose step time is the median;
+// with dp > 1 each sample is the slowest of dp plays (the replicas vary
+// independently and the step waits for the last).
 constexpr int kJitterSamples = 15;
 SimulationReport simulate_layout(const std::vector<StageWork>& work, const Layout& layout,
                                  const MachineDescription& machine, int profiled_processes = 1);
@@ -137,7 +153,7 @@ std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAna
 // medians. Once as planned and once with `recompute`'s checkpointed
 // segments: recompute_s is the difference of the backwards that follow a
 // plain forward. The optimizer step (norm, clip, AdamW) is timed on the
-// gradients that accumulated. With `sharding` (tp > 1) the stages are
+// gradients that accumulated, by `optimizer` as make_optimizer makes it. With `sharding` (tp > 1) the stages are
 // rewritten for tp rank 0 and run with its parameter slices, their
 // all-reduces going nowhere; the all-reduces each forward makes are counted
 // for the simulator (tensor_parallel_allreduces).
@@ -146,8 +162,15 @@ std::vector<std::pair<int, double>> tensor_parallel_allreduces(const ShardingAna
 // every member of the group must profile at once, and the times then hold
 // what the all-reduces cost between busy ranks, so none are counted for the
 // simulator.
+// With `cpu_clock` every time is the profiling thread's CPU time instead of
+// the wall's: on a host whose cores the job's ranks share, that is each
+// instruction's work as if it ran alone (simulate with profiled_processes
+// 1), whatever the load while it was measured. Not with a real tp group,
+// whose waits in all-reduces take no CPU.
 struct ProfileSettings {
   int warmup = 1, repeats = 2;
+  OptimizerConfig optimizer;  // the optimizer step timed, as the trainer makes it
+  bool cpu_clock = false;
   const ShardingAnalysis* sharding = nullptr;
   int64_t tp_group = -1;
   int tp_rank = 0;
