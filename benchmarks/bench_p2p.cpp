@@ -17,7 +17,6 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
-#include <optional>
 
 using namespace trine;
 
@@ -94,46 +93,7 @@ int main(int argc, char** argv) try {
     allreduce.push_back({{"bytes", bytes}, {"us", secs / n * 1e6}, {"busy_us", (busy / busy_n - segment) * 1e6},
                          {"cpu_ns_per_byte", cpu / (static_cast<double>(bytes) * n) * 1e9}});
   }
-  // A pipeline's exchange (1F1B at p = 2: rank 0 computes a forward, swaps
-  // its activation for rank 1's gradient, computes a backward; rank 1
-  // computes both, then swaps). Ideal: a + b per round; the excess is what
-  // the transfer on the critical path costs in this pattern. Here it is
-  // milliseconds where the ping-pong above takes ~100 us, with the ranks
-  // computing or sleeping in between alike (measured; the cause lies in
-  // Gloo's TCP transport and is not pinned down).
-  nlohmann::json exchange = nlohmann::json::array();
-  for (int64_t bytes : {int64_t(4) << 10, int64_t(256) << 10, int64_t(1) << 20}) {
-    nlohmann::json row{{"bytes", bytes}};
-    for (bool ahead : {false, true}) {
-      auto t = torch::ones({bytes / 4});
-      RecvRequest req(peer, 2, "exchange");
-      req.shape = t.sizes().vec(), req.dtype = t.scalar_type();
-      const double a = 0.010, b = 0.018;
-      const int n = 20;
-      auto round = [&] {
-        std::optional<PendingReceives> posted;
-        if (ahead) posted = comm.post_receives({req});
-        if (me == 0) burn(a); else burn(a + b);
-        comm.post_send(t, peer, 2, "exchange");
-        if (!posted) posted = comm.post_receives({req});
-        comm.finish_receives(std::move(*posted));
-        if (me == 0) burn(b);
-        comm.wait_sends();
-      };
-      round();
-      comm.barrier();
-      const double secs = bench::seconds([&] {
-        for (int i = 0; i < n; ++i) round();
-      });
-      row[ahead ? "excess_ahead_us" : "excess_us"] = (secs / n - a - b) * 1e6;
-    }
-    exchange.push_back(row);
-  }
   if (me == 0) {
-    std::printf("%10s %24s %28s\n", "bytes", "pipelined exchange us", "receive posted ahead us");
-    for (const auto& r : exchange)
-      std::printf("%10lld %24.1f %28.1f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
-                  r["excess_us"].get<double>(), r["excess_ahead_us"].get<double>());
     std::printf("%10s %12s %14s %16s %18s\n", "bytes", "shape known", "one-way us", "bandwidth MB/s",
                 "CPU ns per byte");
     for (const auto& r : rows)
@@ -145,8 +105,7 @@ int main(int argc, char** argv) try {
       std::printf("%10lld %14.1f %20.1f %18.2f\n", static_cast<long long>(r["bytes"].get<int64_t>()),
                   r["us"].get<double>(), r["busy_us"].get<double>(), r["cpu_ns_per_byte"].get<double>());
     std::cout << "json: "
-              << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce},
-                                    {"exchange", exchange}}.dump()
+              << nlohmann::json{{"mode", "p2p"}, {"backend", "gloo"}, {"rows", rows}, {"allreduce", allreduce}}.dump()
               << std::endl;
   }
   return 0;

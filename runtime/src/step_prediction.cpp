@@ -81,10 +81,10 @@ const Link& link_for(int span, const MachineDescription& m) {
 MachineDescription MachineDescription::this_host() {
   MachineDescription m;
   m.name = "this host (Gloo over loopback)";
-  // bench_p2p (README, Benchmarks (c)): ~3 GB/s for large transfers; an
-  // idle ping-pong takes ~0.1 ms one way, but a transfer in a pipeline's
-  // exchange (the peer computing when it was posted) 1.3 to 4.7 ms.
-  m.intra_node = m.inter_node = Link{3e-3, 3e9};
+  // bench_p2p (README, Benchmarks (c)): ~3 GB/s for large transfers, 0.1 to
+  // 0.2 ms one way for small ones; traces of pipelines here show the same
+  // (a receive that waits ends 0.2-0.3 ms after its send was posted).
+  m.intra_node = m.inter_node = Link{150e-6, 3e9};
   m.devices_per_node = 1 << 20;
   m.buffered_sends = true;
   m.rendezvous_sends = true;
