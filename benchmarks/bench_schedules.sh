@@ -61,8 +61,7 @@ host = {
     "devices_per_node": 1 << 20,
     # A transfer's latency: an idle ping-pong's one-way time. Traces of
     # trine's pipelines here show the same (a receive that waits ends
-    # 0.2-0.3 ms after its send); bench_p2p's synthetic "exchange" pattern
-    # shows milliseconds, which a pipeline does not see.
+    # 0.2-0.3 ms after its send; docs/design.md §6a).
     "intra_node": {"latency_s": min(r["one_way_us"] for r in known) * 1e-6,
                    "bytes_per_s": big["bandwidth_MBps"] * 1e6},
     "allreduce_bytes": [r["bytes"] for r in p2p["allreduce"]],
