@@ -45,7 +45,7 @@ PY
 done
 "${mpirun[@]}" -np 2 "$bin/bench_p2p" --iters 100 | grep '^json: ' | sed 's/^json: //' >"$out/p2p.json"
 python3 - "$out/p2p.json" "$out/host.json" "$(nproc --all)" "${paces[@]}" <<'PY'
-import json, statistics, sys
+import json, sys
 p2p = json.load(open(sys.argv[1]))
 cores, steps = int(sys.argv[3]), [float(x) for x in sys.argv[4:]]
 known = [r for r in p2p["rows"] if r["shape_known"]]
